@@ -1,0 +1,1 @@
+"""Everything that knows Ray: preprocessing jobs, Ray Train workers, the Tune driver, the CLIs."""
