@@ -1,0 +1,79 @@
+"""Shared Ray plumbing: starting or joining Ray, provenance, small CLI helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+log = logging.getLogger("emovis")
+
+
+def git_commit() -> str:
+    """The repository's current commit (``unknown`` outside a git checkout), ``+dirty`` if modified."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if sha and dirty else "")
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True):
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a fresh local instance.
+
+    A local instance gets this repository on its workers' ``PYTHONPATH`` (the packages are not
+    installed into site-packages, see README); on a cluster, ``ray job submit --working-dir .``
+    ships the code instead. Returns the ``ray`` module.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"logging_level": logging.WARNING} if quiet else {}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        ray.init(
+            address="local",  # never attach to a stale cluster by accident
+            num_cpus=num_cpus,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            **kwargs,
+        )
+    return ray
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def print_table(rows: list[tuple], header: tuple) -> str:
+    """A plain-text table (returned and printed)."""
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text

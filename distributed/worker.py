@@ -1,0 +1,209 @@
+"""The Ray Train worker loop: one or several folds, epochs, DDP, checkpoints, resume.
+
+One ``TorchTrainer.fit`` can run several folds in sequence (the Tune driver runs a whole trial —
+every inner fold — in one fit, so the fixed cost of starting a worker group is paid once per
+trial, not once per fold). After each epoch every worker reports; rank 0 attaches a checkpoint
+holding the full training state (for resume after a lost worker) and the best-so-far model of the
+current fold, chosen on that fold's validation split only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from distributed.config import TrainConfig
+from distributed.data import make_collate
+from distributed.steps import EpochStats, build, forward, heads_of, loss_of, model_inputs
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return opt, sched
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def run_epoch(cfg, model, shard, heads, num_classes, device, *, train, epoch, opt=None,
+              scaler=None, forbidden=frozenset(), wait=None):
+    """One pass over a dataset shard; returns EpochStats summed over workers."""
+    stats = EpochStats(heads, num_classes)
+    model.train(train)
+    use_amp = device.type == "cuda" and cfg.amp
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.batch_size,
+        collate_fn=make_collate(cfg, train, epoch, forbidden),
+        prefetch_batches=2,
+        local_shuffle_buffer_size=4 * cfg.batch_size if train else None,
+        local_shuffle_seed=cfg.seed * 100003 + epoch if train else None,
+    )
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        if wait is not None:
+            wait[0] += time.perf_counter() - t0
+        if batch is None:
+            break
+        y = batch["y"].to(device)
+        with torch.set_grad_enabled(train), torch.autocast(device.type, enabled=use_amp):
+            outputs = forward(cfg, model, model_inputs(cfg, batch, device))
+            loss = loss_of(cfg, outputs, y)
+        if train:
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        stats.add(float(loss.detach()), outputs, y)
+    stats.all_reduce()
+    return stats
+
+
+def _state_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _maybe_fail(config: dict, fold: int, epoch: int, rank: int) -> None:
+    """Test-only switch: kill this worker process once, at a given fold/epoch/rank."""
+    spec = config.get("fail_once")
+    if not spec or (fold, epoch, rank) != (spec["fold"], spec["epoch"], spec["rank"]):
+        return
+    if os.path.exists(spec["marker"]):
+        return
+    with open(spec["marker"], "w") as f:
+        f.write(f"failed at fold {fold} epoch {epoch} rank {rank}\n")
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point. ``config`` holds plain values only (it crosses processes)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = TrainConfig(**config["train"])
+    folds: list[dict] = config["folds"]  # [{"train": key, "val": key or None, "fold": {...}}]
+    num_classes, num_joints = config["num_classes"], config.get("num_joints")
+    forbidden = frozenset(config.get("forbidden_ids", ()))
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    device = ray.train.torch.get_device()
+    heads = heads_of(cfg.kind)
+    select = f"val_{cfg.select_metric}"
+
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    fold_results: list[dict] = list(resume["fold_results"]) if resume else []
+    start_fold = resume["fold"] if resume else 0
+
+    for j in range(start_fold, len(folds)):
+        spec = folds[j]
+        torch.manual_seed(cfg.seed + 1000 * j)
+        np.random.seed(cfg.seed + 1000 * j)
+        model = ray.train.torch.prepare_model(build(cfg, num_classes, num_joints))
+        opt, sched = make_optimizer(cfg, model)
+        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp)
+        start_epoch, best, best_epoch, best_state = 0, -1.0, -1, None
+        if resume and resume["fold"] == j and "model" in resume:
+            _unwrap(model).load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            start_epoch, best, best_epoch = resume["epoch"] + 1, resume["best"], resume["best_epoch"]
+            best_state = resume["best_state"]
+        resume = None
+        train_shard = ray.train.get_dataset_shard(spec["train"])
+        val_shard = ray.train.get_dataset_shard(spec["val"]) if spec.get("val") else None
+
+        for epoch in range(start_epoch, cfg.epochs):
+            _maybe_fail(config, j, epoch, rank)
+            t0, wait = time.perf_counter(), [0.0]
+            tr = run_epoch(cfg, model, train_shard, heads, num_classes, device, train=True,
+                           epoch=epoch, opt=opt, scaler=scaler, forbidden=forbidden, wait=wait)
+            sched.step()
+            metrics = {"fold_index": j, "epoch": epoch, **tr.metrics("train")}
+            metrics["data_wait_fraction"] = wait[0] / max(time.perf_counter() - t0, 1e-9)
+            if val_shard is not None:
+                va = run_epoch(cfg, model, val_shard, heads, num_classes, device, train=False,
+                               epoch=epoch, forbidden=forbidden)
+                metrics.update(va.metrics("val"))
+                score = metrics[select]
+            else:
+                score = float(epoch)  # no validation split: the last epoch is the model kept
+            improved = score > best
+            if improved:
+                best, best_epoch = score, epoch
+                best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+            last_epoch = epoch == cfg.epochs - 1
+            done = fold_results + ([{"best": best, "best_epoch": best_epoch}] if last_epoch else [])
+            current = [r["best"] for r in fold_results] + [best]
+            metrics.update(
+                best=best,
+                best_epoch=best_epoch,
+                folds_done=len(done),
+                cv_metric=float(np.mean(current)) if val_shard is not None else float("nan"),
+                epoch_seconds=time.perf_counter() - t0,
+            )
+            if last_epoch:  # fold finished: a resume starts the next fold from scratch
+                state = {"fold": j + 1, "fold_results": done}
+            else:
+                state = {
+                    "fold": j,
+                    "fold_results": fold_results,
+                    "epoch": epoch,
+                    "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                }
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:
+                    with open(os.path.join(d, STATE_FILE), "wb") as f:
+                        f.write(_state_bytes(state))
+                    if config.get("model_writer") is not None:
+                        _write_model(config, cfg, best_state, d, spec)
+                    checkpoint = Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=checkpoint)
+        fold_results = done
+
+
+def _write_model(config: dict, cfg: TrainConfig, best_state: dict, directory: str, spec: dict) -> None:
+    """The best-so-far model of this fold as a self-describing file inside the checkpoint."""
+    from distributed.steps import save_model_checkpoint
+
+    info = config["model_writer"]
+    model = build(cfg, config["num_classes"], config.get("num_joints"))
+    model.load_state_dict(best_state)
+    save_model_checkpoint(
+        os.path.join(directory, MODEL_FILE),
+        model,
+        cfg,
+        cfg.model_kwargs(config["num_classes"], config.get("num_joints")),
+        info["class_names"],
+        info["preprocessing"],
+        spec.get("fold", {}),
+        info["git_commit"],
+    )
