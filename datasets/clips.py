@@ -12,7 +12,9 @@ import zlib
 import numpy as np
 
 
-def clip_indices(n: int, clips: int, frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
+def clip_indices(
+    n: int, clips: int, frames: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Frame indices (clips, frames) for a video of ``n`` frames.
 
     n > C·K: the index range is cut into C segments of ``n // C`` frames (the last one also takes

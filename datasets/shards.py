@@ -167,7 +167,9 @@ def shard_path(root: str, index: int) -> str:
 def shard_files(root: str) -> list[str]:
     """Finished shard files of a shard folder, sorted (temporary files are ignored)."""
     return sorted(
-        p for p in list_files(root) if os.path.basename(p).startswith("shard-") and p.endswith(".parquet")
+        p
+        for p in list_files(root)
+        if os.path.basename(p).startswith("shard-") and p.endswith(".parquet")
     )
 
 
@@ -177,7 +179,9 @@ def read_table(root: str, columns: Iterable[str] | None = None) -> pa.Table:
     if not files:
         raise FileNotFoundError(f"{root}: no shard-*.parquet files")
     cols = list(columns) if columns is not None else None
-    return pa.concat_tables(pq.read_table(pa.BufferReader(read_bytes(f)), columns=cols) for f in files)
+    return pa.concat_tables(
+        pq.read_table(pa.BufferReader(read_bytes(f)), columns=cols) for f in files
+    )
 
 
 def write_manifest(root: str, manifest: dict) -> None:
@@ -192,9 +196,10 @@ def read_manifest(root: str) -> dict:
     try:
         manifest = json.loads(read_bytes(path))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no manifest; run `python -m distributed.preprocess` first") from None
+        raise FileNotFoundError(
+            f"{path}: no manifest; run `python -m distributed.preprocess` first"
+        ) from None
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema version {version}, this code reads {SCHEMA_VERSION}")
     return manifest
-

@@ -74,7 +74,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     parent = posixpath.dirname(inner) if not isinstance(fs, pafs.LocalFileSystem) else None
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(inner), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(inner), f".tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(inner)}")
+        tmp = os.path.join(
+            os.path.dirname(inner), f".tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(inner)}"
+        )
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

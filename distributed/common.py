@@ -13,7 +13,7 @@ log = logging.getLogger("emovis")
 
 
 def git_commit() -> str:
-    """The repository's current commit (``unknown`` outside a git checkout), ``+dirty`` if modified."""
+    """The current git commit (``unknown`` outside a checkout), ``+dirty`` if modified."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5

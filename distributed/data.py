@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from datasets import shards
 from datasets.clips import item_rng, sample_clips
@@ -21,6 +22,9 @@ COLUMNS = {
     "facial": ["id", "label", "n_frames", "size", "frames"],
     "gesture": ["id", "label", "n_frames", "n_joints", "dims", "joints", "confidence"],
 }
+
+
+DATA_CPUS = 0.25
 
 
 class ForbiddenRowError(RuntimeError):
@@ -50,26 +54,41 @@ def fold_dataset(root: str, kind: str, ids: list[str]):
 
     if not ids:
         raise ValueError(f"{root}: empty fold")
-    ds = ray.data.read_parquet(shards.shard_files(root), columns=COLUMNS[kind])
-    return ds.map_batches(_KeepIds(ids), batch_format="pyarrow", batch_size=None)
+    # Small CPU shares for the data tasks: next to fractional-CPU Train workers on a small machine,
+    # 1-CPU read tasks can find no slot and the run hangs silently (see README, 2-CPU machines).
+    ds = ray.data.read_parquet(
+        shards.shard_files(root), columns=COLUMNS[kind], ray_remote_args={"num_cpus": DATA_CPUS}
+    )
+    return ds.map_batches(
+        _KeepIds(ids), batch_format="pyarrow", batch_size=None, num_cpus=DATA_CPUS
+    )
 
 
-class FacialCollate:
+class FacialCollate(NumpyBatchCollateFn):
     """Numpy batch -> {"x": (B, C, K, 3, S, S) uint8, "y": (B,) int64}.
 
     ``x`` is a channels-last view of the stored (…, S, S, 3) frames: no copy of the pixels beyond
     the clip gather; float conversion happens on the worker's device inside the model.
     """
 
-    def __init__(self, clips: int, frames: int, train: bool, seed: int, epoch: int,
-                 forbidden: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        clips: int,
+        frames: int,
+        train: bool,
+        seed: int,
+        epoch: int,
+        forbidden: frozenset[str] = frozenset(),
+    ):
         self.clips, self.frames, self.train = clips, frames, train
         self.seed, self.epoch, self.forbidden = seed, epoch, forbidden
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         check_allowed(batch["id"], self.forbidden)
         out = []
-        for item_id, payload, n, s in zip(batch["id"], batch["frames"], batch["n_frames"], batch["size"]):
+        for item_id, payload, n, s in zip(
+            batch["id"], batch["frames"], batch["n_frames"], batch["size"]
+        ):
             video = shards.facial_frames(payload, n, s)
             rng = item_rng(self.seed, self.epoch, str(item_id)) if self.train else None
             out.append(sample_clips(video, self.clips, self.frames, rng))
@@ -80,8 +99,8 @@ class FacialCollate:
         }
 
 
-class GestureCollate:
-    """Numpy batch -> {"joints": (B, Tmax, J, 2) float32 zero-padded, "lengths": (B,), "y": (B,)}."""
+class GestureCollate(NumpyBatchCollateFn):
+    """Numpy batch -> {"joints": (B, Tmax, J, 2) float32 zero-padded, "lengths", "y"}."""
 
     def __init__(self, forbidden: frozenset[str] = frozenset()):
         self.forbidden = forbidden
@@ -91,7 +110,11 @@ class GestureCollate:
         seqs = [
             shards.gesture_arrays(j, c, t, nj, d)[0][..., :2]  # (T, J, 2): x, y only
             for j, c, t, nj, d in zip(
-                batch["joints"], batch["confidence"], batch["n_frames"], batch["n_joints"], batch["dims"]
+                batch["joints"],
+                batch["confidence"],
+                batch["n_frames"],
+                batch["n_joints"],
+                batch["dims"],
             )
         ]
         joints = {s.shape[1] for s in seqs}

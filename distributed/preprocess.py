@@ -27,6 +27,8 @@ from datasets.records import BadInput, SourceItem
 from distributed.common import git_commit, init_ray, print_table
 
 PLAN = "plan.json"
+# Joint files (OpenPose JSON frames come as a folder per sequence).
+JOINT_EXTENSIONS = (".json", ".csv", ".txt", ".npy", ".npz")
 SUMMARY_SUFFIX = ".summary.json"
 
 
@@ -48,7 +50,9 @@ class GestureOptions:
     fill_missing: bool = True
 
 
-def process_facial_item(item: SourceItem, label: int, opts: FacialOptions, detector) -> shards.FacialRow:
+def process_facial_item(
+    item: SourceItem, label: int, opts: FacialOptions, detector
+) -> shards.FacialRow:
     """Decode, detect, crop and resize one video into a shard row (raises BadInput)."""
     from datasets.faces import face_track
     from datasets.video import read_frames
@@ -100,7 +104,9 @@ def run_shard(task: dict) -> dict:
     for item in items:
         try:
             if kind == "facial":
-                row = process_facial_item(item, label_of[item.label], FacialOptions(**opts), detector)
+                row = process_facial_item(
+                    item, label_of[item.label], FacialOptions(**opts), detector
+                )
                 if row.centre_cropped:
                     centre.append(item.path)
             else:
@@ -130,9 +136,7 @@ def scan(kind: str, source: str, layout: str, labels: str | None, subject_patter
 
         extensions = tuple(VIDEO_EXTENSIONS) + tuple(IMAGE_EXTENSIONS)
     else:
-        from datasets.joints import JOINT_EXTENSIONS
-
-        extensions = tuple(JOINT_EXTENSIONS)
+        extensions = JOINT_EXTENSIONS
     if layout == "ckplus":
         if kind != "facial":
             raise BadInput(source, "the ckplus layout holds image sequences, not joint files")
@@ -236,7 +240,9 @@ def preprocess(args: argparse.Namespace) -> int:
         for _ in ds.map(run_shard, num_cpus=1, max_retries=2).iter_rows():
             pass
 
-    summaries = [json.loads(storage.read_bytes(_summary_path(args.out, i))) for i in range(len(plan))]
+    summaries = [
+        json.loads(storage.read_bytes(_summary_path(args.out, i))) for i in range(len(plan))
+    ]
     failed = skipped + [e for s in summaries for e in s["errors"]]
     centre = [p for s in summaries for p in s["centre_cropped"]]
     written = sum(s["written"] for s in summaries)
@@ -280,8 +286,11 @@ def preprocess(args: argparse.Namespace) -> int:
 def _single_joint_count(table) -> int:
     counts = set(table["n_joints"].to_pylist())
     if len(counts) != 1:
-        raise BadInput("(shards)", f"joint files with different joint counts {sorted(counts)}: "
-                       "preprocess one joint layout per shard folder")
+        raise BadInput(
+            "(shards)",
+            f"joint files with different joint counts {sorted(counts)}: "
+            "preprocess one joint layout per shard folder",
+        )
     return counts.pop()
 
 
@@ -314,8 +323,11 @@ def _print_summary(manifest: dict, seconds: float) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distributed.preprocess", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m distributed.preprocess",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("kind", choices=["facial", "gesture"])
     p.add_argument("--source", required=True, help="source folder")
     p.add_argument("--layout", choices=["ckplus", "list", "folders"], default="folders")
@@ -328,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="keep at most N frames per video")
     p.add_argument("--per-shard", type=int, default=8, help="items per shard (and per Ray task)")
     p.add_argument("--folds", type=int, default=5, help="outer subject-independent folds")
-    p.add_argument("--inner-folds", type=int, default=3, help="inner validation folds per outer fold")
+    p.add_argument(
+        "--inner-folds", type=int, default=3, help="inner validation folds per outer fold"
+    )
     p.add_argument("--seed", type=int, default=0, help="fold seed")
     p.add_argument("--subject-pattern", help="regex whose group 1 is the subject (folders layout)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")

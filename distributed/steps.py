@@ -83,7 +83,9 @@ class EpochStats:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        flat = np.concatenate([[self.loss_sum, self.count]] + [self.cms[h].ravel() for h in self.heads])
+        flat = np.concatenate(
+            [[self.loss_sum, self.count]] + [self.cms[h].ravel() for h in self.heads]
+        )
         t = torch.tensor(flat, dtype=torch.float64)
         dist.all_reduce(t)
         v = t.numpy()
@@ -146,8 +148,10 @@ def load_model_checkpoint(path_or_bytes, device: str | torch.device = "cpu"):
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
     blob = torch.load(src, map_location=device, weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path_or_bytes if isinstance(path_or_bytes, str) else 'checkpoint'}: "
-                         f"not an emovis model checkpoint")
+        raise ValueError(
+            f"{path_or_bytes if isinstance(path_or_bytes, str) else 'checkpoint'}: "
+            f"not an emovis model checkpoint"
+        )
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in blob["config"].items() if k in known})
     model = build_model(blob["model"], **blob["model_kwargs"])

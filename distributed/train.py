@@ -16,12 +16,14 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+import pandas as pd
 
 from datasets import shards, storage
 from distributed.common import cluster_cpus, git_commit, init_ray
 from distributed.config import SMOKE, TrainConfig, default_config, load_overrides
-from distributed.worker import MODEL_FILE, train_loop_per_worker
+from distributed.worker import HISTORY_FILE, MODEL_FILE, train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,22 @@ def preprocessing_of(manifest: dict, cfg: TrainConfig) -> dict:
     if cfg.kind == "facial":
         pre.update(clips=cfg.clips, frames=cfg.frames)
     else:
-        pre.update(representation=cfg.representation, rep_size=cfg.rep_size,
-                   rep_length=cfg.rep_length, joint_weight=cfg.joint_weight)
+        pre.update(
+            representation=cfg.representation,
+            rep_size=cfg.rep_size,
+            rep_length=cfg.rep_length,
+            joint_weight=cfg.joint_weight,
+        )
     return pre
+
+
+def shard_bytes_per_row(root: str) -> float:
+    """Average stored bytes per row of a shard folder (to size folds before reading them)."""
+    fs, _ = storage.resolve(root)
+    files = shards.shard_files(root)
+    total = sum(fs.get_file_info(storage.resolve(f)[1]).size for f in files)
+    rows = shards.read_manifest(root)["counts"]["written"]
+    return total / max(rows, 1)
 
 
 def resources_per_worker(workers: int, use_gpu: bool, cpus_per_worker: float | None) -> dict:
@@ -83,9 +98,11 @@ def fit_folds(
     callbacks: list | None = None,
     max_failures: int = 2,
     fail_once: dict | None = None,
+    dump_params_dir: str | None = None,
+    placement_strategy: str = "PACK",
+    materialize_bytes: float = 2 * 2**30,
 ):
-    """Build and fit one TorchTrainer over ``specs`` (folds in sequence); returns the Result."""
-    import ray.train
+    """Build and fit one TorchTrainer over ``specs`` (folds in sequence)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -98,13 +115,29 @@ def fit_folds(
         for ids in (spec.train, spec.val or ()):
             leaked = forbidden_ids & set(ids)
             if leaked:
-                raise ValueError(f"held-out rows {sorted(leaked)[:5]} are in a training/validation split")
+                raise ValueError(
+                    f"held-out rows {sorted(leaked)[:5]} are in a training/validation split"
+                )
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()  # captured by the datasets below, also on the workers
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
+    sizes = shard_bytes_per_row(shards_root)
+
+    def dataset(ids):
+        ds = fold_dataset(shards_root, cfg.kind, list(ids))
+        # Small folds are read once into the object store: re-running a streaming read every
+        # epoch costs seconds of fixed overhead, more than a small epoch's training.
+        return ds.materialize() if sizes * len(ids) <= materialize_bytes else ds
+
     datasets, folds = {}, []
     for j, spec in enumerate(specs):
-        datasets[f"train{j}"] = fold_dataset(shards_root, cfg.kind, list(spec.train))
+        datasets[f"train{j}"] = dataset(spec.train)
         entry = {"train": f"train{j}", "val": None, "fold": spec.info}
         if spec.val:
-            datasets[f"val{j}"] = fold_dataset(shards_root, cfg.kind, list(spec.val))
+            datasets[f"val{j}"] = dataset(spec.val)
             entry["val"] = f"val{j}"
         folds.append(entry)
     resources = resources_per_worker(workers, use_gpu, cpus_per_worker)
@@ -116,6 +149,7 @@ def fit_folds(
         "forbidden_ids": sorted(forbidden_ids),
         "threads": max(1, int(resources["CPU"])),
         "fail_once": fail_once,
+        "dump_params_dir": dump_params_dir,
         "model_writer": {
             "class_names": manifest["classes"],
             "preprocessing": preprocessing_of(manifest, cfg),
@@ -129,7 +163,12 @@ def fit_folds(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=placement_strategy,
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         datasets=datasets,
         # Validation splits are not split across workers: each worker scores every row, exactly.
@@ -145,20 +184,45 @@ def fit_folds(
             callbacks=callbacks,
         ),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    return Fit(result, _history(result))
 
 
-def export_model(result, out_file: str) -> str:
-    """Copy the final checkpoint's self-describing model file to ``out_file`` (atomically)."""
+@dataclass(frozen=True)
+class Fit:
+    """A finished fit: Ray's Result and every epoch's metrics (all folds, all workers' sums)."""
+
+    result: object
+    history: pd.DataFrame
+
+    @property
+    def metrics(self) -> dict:
+        return self.history.iloc[-1].to_dict()
+
+
+def _history(result) -> pd.DataFrame:
+    if result.error is not None:
+        raise result.error
     with result.checkpoint.as_directory() as d:
-        data = open(os.path.join(d, MODEL_FILE), "rb").read()
+        with open(os.path.join(d, HISTORY_FILE)) as f:
+            return pd.DataFrame(json.load(f))
+
+
+def export_model(fit: Fit, out_file: str) -> str:
+    """Copy the final checkpoint's self-describing model file to ``out_file`` (atomically)."""
+    with fit.result.checkpoint.as_directory() as d:
+        with open(os.path.join(d, MODEL_FILE), "rb") as f:
+            data = f.read()
     storage.atomic_write_bytes(out_file, data)
     return out_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distributed.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m distributed.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("kind", choices=["facial", "gesture"])
     p.add_argument("--shards", required=True, help="shard folder (path or URI)")
     p.add_argument("--fold", type=int, required=True, help="outer fold index")
@@ -178,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EPOCH_COLUMNS = ["epoch", "train_loss", "train_war", "train_uar", "val_loss", "val_war", "val_uar",
+                 "val_p1_uar", "val_p2_uar", "val_p3_uar", "epoch_seconds"]
+
+
 def config_from_args(args) -> TrainConfig:
     overrides = dict(SMOKE[args.kind]) if args.smoke else {}
     overrides.update(load_overrides(args.config))
@@ -192,18 +260,38 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     manifest = shards.read_manifest(args.shards)
     spec = outer_fold_specs(manifest, args.fold, args.inner)
-    name = args.name or f"{args.kind}-fold{args.fold}" + ("" if args.inner is None else f"-inner{args.inner}")
+    name = args.name or f"{args.kind}-fold{args.fold}" + (
+        "" if args.inner is None else f"-inner{args.inner}"
+    )
     out = args.out if storage.is_uri(args.out) else os.path.abspath(args.out)
     init_ray(args.address, args.num_cpus)
     outer_test = frozenset(manifest["folds"]["outer"][args.fold]["test"])
-    result = fit_folds(
-        cfg, args.shards, [spec], workers=args.workers, use_gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker, storage_path=out, name=name, forbidden_ids=outer_test,
+    fit = fit_folds(
+        cfg,
+        args.shards,
+        [spec],
+        workers=args.workers,
+        use_gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        storage_path=out,
+        name=name,
+        forbidden_ids=outer_test,
     )
-    model_file = export_model(result, storage.join(out, name, "model.pt"))
-    last = result.metrics or {}
-    keys = ["epoch", "train_loss", "train_war", "train_uar", "val_loss", "val_war", "val_uar",
-            "best", "best_epoch"]
+    model_file = export_model(fit, storage.join(out, name, "model.pt"))
+    cols = [c for c in EPOCH_COLUMNS if c in fit.history]
+    print(fit.history[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    last = fit.metrics
+    keys = [
+        "epoch",
+        "train_loss",
+        "train_war",
+        "train_uar",
+        "val_loss",
+        "val_war",
+        "val_uar",
+        "best",
+        "best_epoch",
+    ]
     print(json.dumps({k: last[k] for k in keys if k in last}, indent=2))
     print(f"model: {model_file}")
     return 0

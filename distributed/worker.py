@@ -10,6 +10,7 @@ current fold, chosen on that fold's validation split only.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import time
@@ -23,12 +24,15 @@ from distributed.steps import EpochStats, build, forward, heads_of, loss_of, mod
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.json"  # every epoch's metrics of the run so far
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -39,8 +43,21 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def run_epoch(cfg, model, shard, heads, num_classes, device, *, train, epoch, opt=None,
-              scaler=None, forbidden=frozenset(), wait=None):
+def run_epoch(
+    cfg,
+    model,
+    shard,
+    heads,
+    num_classes,
+    device,
+    *,
+    train,
+    epoch,
+    opt=None,
+    scaler=None,
+    forbidden=frozenset(),
+    wait=None,
+):
     """One pass over a dataset shard; returns EpochStats summed over workers."""
     stats = EpochStats(heads, num_classes)
     model.train(train)
@@ -70,7 +87,8 @@ def run_epoch(cfg, model, shard, heads, num_classes, device, *, train, epoch, op
             scaler.step(opt)
             scaler.update()
         stats.add(float(loss.detach()), outputs, y)
-    stats.all_reduce()
+    if train:  # training rows are split across workers; every worker scores all validation rows
+        stats.all_reduce()
     return stats
 
 
@@ -115,6 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
         with ckpt.as_directory() as d:
             resume = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
     fold_results: list[dict] = list(resume["fold_results"]) if resume else []
+    history: list[dict] = list(resume["history"]) if resume else []
     start_fold = resume["fold"] if resume else 0
 
     for j in range(start_fold, len(folds)):
@@ -129,7 +148,11 @@ def train_loop_per_worker(config: dict) -> None:
             _unwrap(model).load_state_dict(resume["model"])
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["scheduler"])
-            start_epoch, best, best_epoch = resume["epoch"] + 1, resume["best"], resume["best_epoch"]
+            start_epoch, best, best_epoch = (
+                resume["epoch"] + 1,
+                resume["best"],
+                resume["best_epoch"],
+            )
             best_state = resume["best_state"]
         resume = None
         train_shard = ray.train.get_dataset_shard(spec["train"])
@@ -138,14 +161,35 @@ def train_loop_per_worker(config: dict) -> None:
         for epoch in range(start_epoch, cfg.epochs):
             _maybe_fail(config, j, epoch, rank)
             t0, wait = time.perf_counter(), [0.0]
-            tr = run_epoch(cfg, model, train_shard, heads, num_classes, device, train=True,
-                           epoch=epoch, opt=opt, scaler=scaler, forbidden=forbidden, wait=wait)
+            tr = run_epoch(
+                cfg,
+                model,
+                train_shard,
+                heads,
+                num_classes,
+                device,
+                train=True,
+                epoch=epoch,
+                opt=opt,
+                scaler=scaler,
+                forbidden=forbidden,
+                wait=wait,
+            )
             sched.step()
             metrics = {"fold_index": j, "epoch": epoch, **tr.metrics("train")}
             metrics["data_wait_fraction"] = wait[0] / max(time.perf_counter() - t0, 1e-9)
             if val_shard is not None:
-                va = run_epoch(cfg, model, val_shard, heads, num_classes, device, train=False,
-                               epoch=epoch, forbidden=forbidden)
+                va = run_epoch(
+                    cfg,
+                    model,
+                    val_shard,
+                    heads,
+                    num_classes,
+                    device,
+                    train=False,
+                    epoch=epoch,
+                    forbidden=forbidden,
+                )
                 metrics.update(va.metrics("val"))
                 score = metrics[select]
             else:
@@ -153,7 +197,9 @@ def train_loop_per_worker(config: dict) -> None:
             improved = score > best
             if improved:
                 best, best_epoch = score, epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+                best_state = {
+                    k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
+                }
             last_epoch = epoch == cfg.epochs - 1
             done = fold_results + ([{"best": best, "best_epoch": best_epoch}] if last_epoch else [])
             current = [r["best"] for r in fold_results] + [best]
@@ -164,12 +210,14 @@ def train_loop_per_worker(config: dict) -> None:
                 cv_metric=float(np.mean(current)) if val_shard is not None else float("nan"),
                 epoch_seconds=time.perf_counter() - t0,
             )
+            history.append(metrics)
             if last_epoch:  # fold finished: a resume starts the next fold from scratch
-                state = {"fold": j + 1, "fold_results": done}
+                state = {"fold": j + 1, "fold_results": done, "history": history}
             else:
                 state = {
                     "fold": j,
                     "fold_results": fold_results,
+                    "history": history,
                     "epoch": epoch,
                     "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
                     "optimizer": opt.state_dict(),
@@ -183,14 +231,27 @@ def train_loop_per_worker(config: dict) -> None:
                 if rank == 0:
                     with open(os.path.join(d, STATE_FILE), "wb") as f:
                         f.write(_state_bytes(state))
+                    with open(os.path.join(d, HISTORY_FILE), "w") as f:
+                        json.dump(history, f)
                     if config.get("model_writer") is not None:
                         _write_model(config, cfg, best_state, d, spec)
                     checkpoint = Checkpoint.from_directory(d)
                 ray.train.report(metrics, checkpoint=checkpoint)
         fold_results = done
+        _maybe_dump(config, j, rank, model)
 
 
-def _write_model(config: dict, cfg: TrainConfig, best_state: dict, directory: str, spec: dict) -> None:
+def _maybe_dump(config: dict, fold: int, rank: int, model: torch.nn.Module) -> None:
+    """Test-only switch: every rank saves its final parameters (to check DDP really syncs)."""
+    directory = config.get("dump_params_dir")
+    if directory:
+        state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+        torch.save(state, os.path.join(directory, f"fold{fold}-rank{rank}.pt"))
+
+
+def _write_model(
+    config: dict, cfg: TrainConfig, best_state: dict, directory: str, spec: dict
+) -> None:
     """The best-so-far model of this fold as a self-describing file inside the checkpoint."""
     from distributed.steps import save_model_checkpoint
 

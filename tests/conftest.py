@@ -22,3 +22,37 @@ def ray_session():
     ray = init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+def _preprocess(kind, source, out, *extra):
+    from distributed import preprocess
+
+    argv = [kind, "--source", str(source), "--out", str(out), "--folds", "3",
+            "--inner-folds", "2", *extra]
+    assert preprocess.main(argv) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def gesture_shards(tmp_path_factory, ray_session):
+    """Synthetic gestures (6 subjects x 6 classes x 3) preprocessed into shards."""
+    from datasets.synthetic_gesture import write_gesture_set
+
+    root = tmp_path_factory.mktemp("gesture-data")
+    write_gesture_set(root / "raw", n_subjects=6, per_class=3, seed=0)
+    return _preprocess("gesture", root / "raw", root / "shards")
+
+
+@pytest.fixture(scope="session")
+def facial_pair_shards(tmp_path_factory, ray_session):
+    """Synthetic faces of the onset/offset pair only (open_mouth vs close_mouth: the same frames
+    in opposite order), 6 subjects x 3 videos, cropped to 48 px."""
+    import shutil
+
+    from datasets.synthetic import write_facial_set
+
+    root = tmp_path_factory.mktemp("facial-data")
+    write_facial_set(root / "raw", n_subjects=6, per_class=3, seed=0, size=96, n_frames=12)
+    for label in ("narrow_eyes", "raise_brows"):
+        shutil.rmtree(root / "raw" / label)
+    return _preprocess("facial", root / "raw", root / "shards", "--size", "48")

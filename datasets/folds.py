@@ -1,0 +1,244 @@
+"""Subject-independent, class-stratified folds and nested (outer test / inner validation) splits.
+
+Folds are index arrays into the dataset's item list. ``subject_kfold`` assigns whole subjects to
+folds greedily (largest subject first, to the fold whose class counts it brings closest to the
+per-fold target), so no subject appears in two folds. ``nested_splits`` carves inner,
+subject-disjoint train/validation splits out of every outer training fold: epochs and
+hyperparameters are chosen on those, never on the outer test fold (the reference's defect, see
+PAPER_SPEC §3). ``read_fold_lists`` reads the reference's ``trainN.txt`` / ``evalN.txt`` lists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datasets.records import BadInput
+
+FOLDS_JSON_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class InnerFold:
+    """One inner split of an outer training fold: sorted index arrays, subject-disjoint."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class OuterFold:
+    """One outer fold: ``test`` (held out), ``train`` = the rest, and inner splits of ``train``."""
+
+    test: np.ndarray
+    train: np.ndarray
+    inner: tuple[InnerFold, ...]
+
+
+def subject_kfold(subjects: Sequence, labels: Sequence, k: int, seed: int = 0) -> list[np.ndarray]:
+    """``k`` sorted test-index arrays; every item in exactly one, every subject in exactly one.
+
+    Greedy stratification: subjects in decreasing size (ties in a seeded random order) go to the
+    fold minimising the squared relative deviation of its class counts and size from the
+    per-fold targets; ties go to the smaller fold. Every fold receives at least one subject.
+    """
+    subjects = np.asarray(subjects)
+    labels = np.asarray(labels)
+    if subjects.shape != labels.shape or subjects.ndim != 1:
+        raise ValueError(f"subjects {subjects.shape} and labels {labels.shape} must be equal 1-D")
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    subj_names, subj_of = np.unique(subjects, return_inverse=True)
+    _, class_of = np.unique(labels, return_inverse=True)
+    n_subj, n_cls = len(subj_names), int(class_of.max()) + 1 if len(labels) else 0
+    if n_subj < k:
+        raise ValueError(f"{n_subj} distinct subjects cannot fill {k} subject-independent folds")
+    counts = np.zeros((n_subj, n_cls))  # (subjects, classes)
+    np.add.at(counts, (subj_of, class_of), 1.0)
+    sizes = counts.sum(axis=1)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(n_subj)
+    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+
+    target = counts.sum(axis=0) / k  # (classes,)
+    size_target = sizes.sum() / k
+    fold_counts = np.zeros((k, n_cls))  # (k, classes)
+    fold_sizes = np.zeros(k)
+    fold_of = np.empty(n_subj, dtype=np.int64)
+    for rank, s in enumerate(order):
+        before = ((fold_counts - target) / target) ** 2  # (k, classes)
+        after = ((fold_counts + counts[s] - target) / target) ** 2
+        cost = (after - before).sum(axis=1)
+        cost += ((fold_sizes + sizes[s] - size_target) / size_target) ** 2
+        cost -= ((fold_sizes - size_target) / size_target) ** 2
+        empty = np.flatnonzero(fold_sizes == 0)
+        if len(empty) >= n_subj - rank:  # as many empty folds as subjects left: must fill them
+            cost[np.setdiff1d(np.arange(k), empty)] = np.inf
+        best = np.lexsort((np.arange(k), fold_sizes, np.round(cost, 12)))[0]
+        fold_of[s] = best
+        fold_counts[best] += counts[s]
+        fold_sizes[best] += sizes[s]
+    item_fold = fold_of[subj_of]  # (n,)
+    return [np.flatnonzero(item_fold == f) for f in range(k)]
+
+
+def _complement(n: int, idx: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[idx] = False
+    return np.flatnonzero(mask)
+
+
+def nested_from_test_folds(
+    test_folds: Sequence[np.ndarray],
+    subjects: Sequence,
+    labels: Sequence,
+    inner_k: int,
+    seed: int = 0,
+) -> list[OuterFold]:
+    """Outer folds from given test folds (e.g. the reference's lists) + inner subject k-folds.
+
+    The inner splits of outer fold i come from ``subject_kfold`` on its training items with seed
+    ``seed + 1 + i``.
+    """
+    subjects = np.asarray(subjects)
+    labels = np.asarray(labels)
+    n = len(subjects)
+    out: list[OuterFold] = []
+    for i, test in enumerate(test_folds):
+        test = np.unique(np.asarray(test, dtype=np.int64))
+        train = _complement(n, test)
+        leaked = set(subjects[test].tolist()) & set(subjects[train].tolist())
+        if leaked:
+            raise ValueError(f"outer fold {i}: subjects in both test and train: {sorted(leaked)}")
+        n_train_subjects = len(np.unique(subjects[train]))
+        if n_train_subjects < inner_k:
+            raise ValueError(
+                f"outer fold {i}: its training part has {n_train_subjects} subject(s), too few "
+                f"for {inner_k} subject-independent inner folds (use fewer folds or more subjects)"
+            )
+        inner = []
+        for val_local in subject_kfold(subjects[train], labels[train], inner_k, seed + 1 + i):
+            val = train[val_local]
+            inner.append(InnerFold(train=np.setdiff1d(train, val), val=val))
+        out.append(OuterFold(test=test, train=train, inner=tuple(inner)))
+    return out
+
+
+def nested_splits(
+    subjects: Sequence, labels: Sequence, outer_k: int, inner_k: int, seed: int = 0
+) -> list[OuterFold]:
+    """``outer_k`` subject-independent outer folds, each with ``inner_k`` inner train/val splits
+    of its training part (subject-disjoint from each other and from the outer test fold)."""
+    tests = subject_kfold(subjects, labels, outer_k, seed)
+    return nested_from_test_folds(tests, subjects, labels, inner_k, seed)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for lineno, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise BadInput(str(path), f"line {lineno}: expected '<id> <label>', got {line!r}")
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def read_fold_lists(
+    folder: str | Path,
+) -> list[tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
+    """The reference's fold lists: [(train pairs, eval pairs)] for N = 1..k from
+    ``trainN.txt`` / ``evalN.txt`` (lines ``Sxxx/yyy Label``), in fold order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(str(folder), "fold-list folder does not exist")
+    numbers = sorted(
+        int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"eval(\d+)\.txt", p.name))
+    )
+    if not numbers:
+        raise BadInput(str(folder), "no evalN.txt files")
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise BadInput(str(folder), f"eval lists are not numbered 1..k: {numbers}")
+    out = []
+    for n in numbers:
+        train_path = folder / f"train{n}.txt"
+        if not train_path.is_file():
+            raise BadInput(str(train_path), f"missing (eval{n}.txt has no train list)")
+        out.append((_read_pairs(train_path), _read_pairs(folder / f"eval{n}.txt")))
+    return out
+
+
+def _index_of(ids: Sequence[str]) -> dict[str, int]:
+    index = {item_id: i for i, item_id in enumerate(ids)}
+    if len(index) != len(ids):
+        raise ValueError("ids are not unique")
+    return index
+
+
+def _to_indices(names: Sequence[str], index: dict[str, int], what: str) -> np.ndarray:
+    missing = [x for x in names if x not in index]
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} ids not in the dataset, e.g. {missing[:3]}")
+    return np.sort(np.array([index[x] for x in names], dtype=np.int64))
+
+
+def folds_from_lists(
+    fold_lists: Sequence[tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]]],
+    ids: Sequence[str],
+) -> list[np.ndarray]:
+    """Test-index arrays from ``read_fold_lists`` output (eval ids looked up in ``ids``)."""
+    index = _index_of(ids)
+    return [
+        _to_indices([i for i, _ in ev], index, f"eval list {n}")
+        for n, (_, ev) in enumerate(fold_lists, start=1)
+    ]
+
+
+def folds_to_json(folds: Sequence[OuterFold], ids: Sequence[str]) -> dict:
+    """JSON-ready dict of the folds as lists of item ids (for the dataset manifest)."""
+    ids = list(ids)
+
+    def names(idx: np.ndarray) -> list[str]:
+        return [ids[i] for i in idx]
+
+    return {
+        "version": FOLDS_JSON_VERSION,
+        "outer": [
+            {
+                "test": names(f.test),
+                "train": names(f.train),
+                "inner": [{"train": names(s.train), "val": names(s.val)} for s in f.inner],
+            }
+            for f in folds
+        ],
+    }
+
+
+def folds_from_json(obj: dict, ids: Sequence[str]) -> list[OuterFold]:
+    """Inverse of ``folds_to_json``: ids looked up in ``ids`` (ValueError for unknown ids)."""
+    if obj.get("version") != FOLDS_JSON_VERSION:
+        raise ValueError(f"folds version {obj.get('version')!r}, expected {FOLDS_JSON_VERSION}")
+    index = _index_of(ids)
+    out = []
+    for i, f in enumerate(obj["outer"]):
+        inner = tuple(
+            InnerFold(
+                train=_to_indices(s["train"], index, f"outer {i} inner {j} train"),
+                val=_to_indices(s["val"], index, f"outer {i} inner {j} val"),
+            )
+            for j, s in enumerate(f["inner"])
+        )
+        out.append(
+            OuterFold(
+                test=_to_indices(f["test"], index, f"outer {i} test"),
+                train=_to_indices(f["train"], index, f"outer {i} train"),
+                inner=inner,
+            )
+        )
+    return out
