@@ -83,6 +83,46 @@ def resources_per_worker(workers: int, use_gpu: bool, cpus_per_worker: float | N
     return res
 
 
+def prepare_datasets(
+    shards_root: str,
+    kind: str,
+    specs: list[FoldSpec],
+    forbidden_ids: frozenset[str] = frozenset(),
+    materialize_bytes: float = 2 * 2**30,
+) -> tuple[dict, list]:
+    """Ray datasets for the folds of ``specs``: ({"train0": ds, "val0": ds, ...}, fold entries)."""
+    from ray.data import DataContext
+
+    from distributed.data import fold_dataset
+
+    for spec in specs:
+        for ids in (spec.train, spec.val or ()):
+            leaked = forbidden_ids & set(ids)
+            if leaked:
+                raise ValueError(f"held-out rows {sorted(leaked)[:5]} are in a training split")
+    ctx = DataContext.get_current()  # captured by the datasets below, also on the workers
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
+    row_bytes = shard_bytes_per_row(shards_root)
+
+    def dataset(ids):
+        ds = fold_dataset(shards_root, kind, list(ids))
+        # Small folds are read once into the object store: re-running a streaming read every
+        # epoch costs seconds of fixed overhead, more than a small epoch's training.
+        return ds.materialize() if row_bytes * len(ids) <= materialize_bytes else ds
+
+    datasets, folds = {}, []
+    for j, spec in enumerate(specs):
+        datasets[f"train{j}"] = dataset(spec.train)
+        entry = {"train": f"train{j}", "val": None, "fold": spec.info}
+        if spec.val:
+            datasets[f"val{j}"] = dataset(spec.val)
+            entry["val"] = f"val{j}"
+        folds.append(entry)
+    return datasets, folds
+
+
 def fit_folds(
     cfg: TrainConfig,
     shards_root: str,
@@ -101,45 +141,22 @@ def fit_folds(
     dump_params_dir: str | None = None,
     placement_strategy: str = "PACK",
     materialize_bytes: float = 2 * 2**30,
+    prepared: tuple[dict, list] | None = None,
 ):
-    """Build and fit one TorchTrainer over ``specs`` (folds in sequence)."""
+    """Build and fit one TorchTrainer over ``specs`` (folds in sequence).
+
+    ``prepared`` (from :func:`prepare_datasets`) lets a caller that fits many configurations on
+    the same folds (the Tune driver) read the data once instead of once per fit.
+    """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from distributed.data import fold_dataset
 
     manifest = shards.read_manifest(shards_root)
     if manifest["kind"] != cfg.kind:
         raise ValueError(f"{shards_root} holds {manifest['kind']} shards, not {cfg.kind}")
-    for spec in specs:
-        for ids in (spec.train, spec.val or ()):
-            leaked = forbidden_ids & set(ids)
-            if leaked:
-                raise ValueError(
-                    f"held-out rows {sorted(leaked)[:5]} are in a training/validation split"
-                )
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()  # captured by the datasets below, also on the workers
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
-    sizes = shard_bytes_per_row(shards_root)
-
-    def dataset(ids):
-        ds = fold_dataset(shards_root, cfg.kind, list(ids))
-        # Small folds are read once into the object store: re-running a streaming read every
-        # epoch costs seconds of fixed overhead, more than a small epoch's training.
-        return ds.materialize() if sizes * len(ids) <= materialize_bytes else ds
-
-    datasets, folds = {}, []
-    for j, spec in enumerate(specs):
-        datasets[f"train{j}"] = dataset(spec.train)
-        entry = {"train": f"train{j}", "val": None, "fold": spec.info}
-        if spec.val:
-            datasets[f"val{j}"] = dataset(spec.val)
-            entry["val"] = f"val{j}"
-        folds.append(entry)
+    if prepared is None:
+        prepared = prepare_datasets(shards_root, cfg.kind, specs, forbidden_ids, materialize_bytes)
+    datasets, folds = prepared
     resources = resources_per_worker(workers, use_gpu, cpus_per_worker)
     loop_config = {
         "train": cfg.to_dict(),
@@ -242,8 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-EPOCH_COLUMNS = ["epoch", "train_loss", "train_war", "train_uar", "val_loss", "val_war", "val_uar",
-                 "val_p1_uar", "val_p2_uar", "val_p3_uar", "epoch_seconds"]
+EPOCH_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_war",
+    "train_uar",
+    "val_loss",
+    "val_war",
+    "val_uar",
+    "val_p1_uar",
+    "val_p2_uar",
+    "val_p3_uar",
+    "epoch_seconds",
+]
 
 
 def config_from_args(args) -> TrainConfig:

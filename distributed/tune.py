@@ -28,7 +28,7 @@ from datasets import shards, storage
 from distributed.common import REPO_ROOT, cluster_cpus, git_commit, init_ray
 from distributed.config import SMOKE, TrainConfig, default_config
 from distributed.search_space import SearchSpace, load_space
-from distributed.train import FoldSpec, export_model, fit_folds
+from distributed.train import FoldSpec, export_model, fit_folds, prepare_datasets
 
 METRIC = "cv_metric"
 DRIVER_CPU = 0.01  # a trial's own driver only waits on its TorchTrainer
@@ -40,6 +40,11 @@ def inner_specs(manifest: dict, outer: int) -> list[FoldSpec]:
         FoldSpec(tuple(s["train"]), tuple(s["val"]), {"outer": outer, "inner": j})
         for j, s in enumerate(fold["inner"])
     ]
+
+
+def outer_test_ids(manifest: dict, outer: int) -> frozenset[str]:
+    """The outer test fold: no trial may read these rows (checked when batches are built)."""
+    return frozenset(manifest["folds"]["outer"][outer]["test"])
 
 
 def plan_concurrency(
@@ -66,8 +71,11 @@ def trial_driver(
     use_gpu: bool,
     cpus_per_worker: float,
     train_storage: str,
+    prepared: tuple,
 ) -> None:
-    """Tune function trainable: one configuration on every inner split, one TorchTrainer fit."""
+    """Tune function trainable: one configuration on every inner split, one TorchTrainer fit.
+
+    ``prepared`` holds the inner folds' datasets, read once by the driver for all trials."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -83,10 +91,26 @@ def trial_driver(
         cpus_per_worker=cpus_per_worker,
         storage_path=train_storage,
         name=f"outer{outer}-{trial_id}",
-        forbidden_ids=frozenset(manifest["folds"]["outer"][outer]["test"]),
+        forbidden_ids=outer_test_ids(manifest, outer),
         write_model=False,
         callbacks=[TuneReportCallback()],
+        prepared=prepared,
     )
+
+
+def optuna_storage(root: str, outer: int) -> dict:
+    """A journal file next to the experiment holds the Optuna study, so the study (every trial
+    and its value) survives a killed driver and can be inspected with Optuna; on remote storage
+    the searcher state saved by Tune is used alone."""
+    local = storage.local_path(root)
+    if local is None:
+        return {}
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    os.makedirs(local, exist_ok=True)
+    backend = JournalFileBackend(os.path.join(local, f"optuna-outer{outer}.journal"))
+    return {"storage": JournalStorage(backend), "study_name": f"outer{outer}"}
 
 
 def search_outer_fold(
@@ -115,6 +139,12 @@ def search_outer_fold(
             use_gpu=args.gpus_per_worker > 0,
             cpus_per_worker=args.cpus_per_worker,
             train_storage=storage.join(root, "train"),
+            prepared=prepare_datasets(
+                args.shards,
+                base.kind,
+                inner_specs(manifest, outer),
+                outer_test_ids(manifest, outer),
+            ),
         ),
         {"CPU": DRIVER_CPU},
     )
@@ -125,7 +155,11 @@ def search_outer_fold(
             exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        searcher = OptunaSearch(points_to_evaluate=space.start or None, seed=base.seed + outer)
+        searcher = OptunaSearch(
+            points_to_evaluate=space.start or None,
+            seed=base.seed + outer,
+            **optuna_storage(root, outer),
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=space.tune_space(),
@@ -213,7 +247,6 @@ def prepare_demo_shards(kind: str, smoke: bool) -> str:
     """Generate (once) the synthetic demo set and preprocess it with the real pipeline."""
     from datasets.synthetic import write_facial_set
     from datasets.synthetic_gesture import write_gesture_set
-
     from distributed import preprocess
 
     base = REPO_ROOT / "demo_data"
@@ -300,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:  # on --resume the original command's settings are the ones recorded
         storage.makedirs(root)
 
-    num_cpus = args.num_cpus or (max(4.0, float(os.cpu_count() or 2)) if not args.address else None)
-    init_ray(args.address, num_cpus)
+    init_ray(args.address, args.num_cpus)
     if args.cpus_per_worker is None:
         args.cpus_per_worker = 1.0 if cluster_cpus() >= 8 else 0.5
     concurrency = plan_concurrency(

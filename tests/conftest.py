@@ -27,8 +27,18 @@ def ray_session():
 def _preprocess(kind, source, out, *extra):
     from distributed import preprocess
 
-    argv = [kind, "--source", str(source), "--out", str(out), "--folds", "3",
-            "--inner-folds", "2", *extra]
+    argv = [
+        kind,
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--folds",
+        "3",
+        "--inner-folds",
+        "2",
+        *extra,
+    ]
     assert preprocess.main(argv) == 0
     return str(out)
 

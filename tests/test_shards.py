@@ -12,9 +12,14 @@ def _facial_rows(n=3, size=8, seed=0):
     rng = np.random.default_rng(seed)
     return [
         shards.FacialRow(
-            id=f"s{i}/v", subject=f"s{i}", label=i % 2, label_name=["a", "b"][i % 2],
+            id=f"s{i}/v",
+            subject=f"s{i}",
+            label=i % 2,
+            label_name=["a", "b"][i % 2],
             frames=rng.integers(0, 256, (i + 1, size, size, 3), dtype=np.uint8),
-            face_fraction=0.5, centre_cropped=bool(i % 2), source=f"/x/{i}.avi",
+            face_fraction=0.5,
+            centre_cropped=bool(i % 2),
+            source=f"/x/{i}.avi",
         )
         for i in range(n)
     ]
@@ -24,9 +29,14 @@ def _gesture_rows(n=3, seed=0):
     rng = np.random.default_rng(seed)
     return [
         shards.GestureRow(
-            id=f"g{i}", subject=f"s{i}", label=i, label_name=f"c{i}",
+            id=f"g{i}",
+            subject=f"s{i}",
+            label=i,
+            label_name=f"c{i}",
             joints=rng.normal(size=(5 + i, 4, 2)).astype(np.float32),
-            confidence=rng.random((5 + i, 4)).astype(np.float32), layout="array", source="",
+            confidence=rng.random((5 + i, 4)).astype(np.float32),
+            layout="array",
+            source="",
         )
         for i in range(n)
     ]
@@ -40,15 +50,21 @@ def test_facial_round_trip_pyarrow(tmp_path):
     for r, rec in zip(rows, table.to_pylist()):
         got = shards.facial_frames(rec["frames"], rec["n_frames"], rec["size"])
         np.testing.assert_array_equal(got, r.frames)
-        assert (rec["id"], rec["subject"], rec["label"], rec["source"]) == (r.id, r.subject, r.label, r.source)
+        assert (rec["id"], rec["subject"], rec["label"], rec["source"]) == (
+            r.id,
+            r.subject,
+            r.label,
+            r.source,
+        )
 
 
 def test_gesture_round_trip_pyarrow(tmp_path):
     rows = _gesture_rows()
     shards.write_shard(shards.gesture_table(rows), shards.shard_path(str(tmp_path), 3))
     for r, rec in zip(rows, shards.read_table(str(tmp_path)).to_pylist()):
-        j, c = shards.gesture_arrays(rec["joints"], rec["confidence"], rec["n_frames"],
-                                     rec["n_joints"], rec["dims"])
+        j, c = shards.gesture_arrays(
+            rec["joints"], rec["confidence"], rec["n_frames"], rec["n_joints"], rec["dims"]
+        )
         np.testing.assert_array_equal(j, r.joints)
         np.testing.assert_array_equal(c, r.confidence)
 

@@ -36,8 +36,15 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     dump = tmp_path / "params"
     dump.mkdir()
     result = fit_folds(
-        cfg, gesture_shards, [spec], workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path),
-        name="ddp", dump_params_dir=str(dump), forbidden_ids=frozenset(outer["test"]),
+        cfg,
+        gesture_shards,
+        [spec],
+        workers=2,
+        cpus_per_worker=0.5,
+        storage_path=str(tmp_path),
+        name="ddp",
+        dump_params_dir=str(dump),
+        forbidden_ids=frozenset(outer["test"]),
     )
     # DDP really synchronises: both ranks end with bit-identical parameters.
     a = torch.load(dump / "fold0-rank0.pt", weights_only=True)
@@ -66,8 +73,23 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     from distributed import evaluate
 
     out = tmp_path / "eval"
-    assert evaluate.main(["--checkpoint", model_file, "--shards", gesture_shards, "--fold", "0",
-                          "--inner", "0", "--out", str(out)]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--checkpoint",
+                model_file,
+                "--shards",
+                gesture_shards,
+                "--fold",
+                "0",
+                "--inner",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = pd.read_json(out / "summary.json", typ="series")
     assert abs(summary["uar"] - df.loc[best_epoch, "val_uar"]) < 1e-6
     assert (out / "confusion.png").stat().st_size > 1000
@@ -81,8 +103,14 @@ def test_worker_failure_is_survived(gesture_shards, tmp_path, ray_session):
     cfg = default_config("gesture", epochs=3, **GESTURE_SMALL)
     marker = tmp_path / "failed.txt"
     result = fit_folds(
-        cfg, gesture_shards, [spec], workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path),
-        name="fail", fail_once={"fold": 0, "epoch": 1, "rank": 1, "marker": str(marker)},
+        cfg,
+        gesture_shards,
+        [spec],
+        workers=2,
+        cpus_per_worker=0.5,
+        storage_path=str(tmp_path),
+        name="fail",
+        fail_once={"fold": 0, "epoch": 1, "rank": 1, "marker": str(marker)},
     )
     assert marker.exists(), "the injected failure did not happen"
     assert result.result.error is None
@@ -95,8 +123,16 @@ def test_same_seed_same_metrics(gesture_shards, tmp_path, ray_session):
     spec = FoldSpec(train, val, {})
     cfg = default_config("gesture", epochs=2, **GESTURE_SMALL)
     runs = [
-        fit_folds(cfg, gesture_shards, [spec], workers=1, cpus_per_worker=1,
-                  storage_path=str(tmp_path), name=f"seed{i}", write_model=False)
+        fit_folds(
+            cfg,
+            gesture_shards,
+            [spec],
+            workers=1,
+            cpus_per_worker=1,
+            storage_path=str(tmp_path),
+            name=f"seed{i}",
+            write_model=False,
+        )
         for i in range(2)
     ]
     cols = ["train_loss", "train_uar", "val_loss", "val_uar"]
@@ -104,19 +140,36 @@ def test_same_seed_same_metrics(gesture_shards, tmp_path, ray_session):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sistcm_learns_frame_order_where_the_baseline_cannot(facial_pair_shards, tmp_path,
-                                                             ray_session):
+def test_sistcm_learns_frame_order_where_the_baseline_cannot(
+    facial_pair_shards, tmp_path, ray_session
+):
     """open_mouth and close_mouth hold the same frames in opposite order. With one clip (C = 1)
     the baseline averages its K frames, so it is blind to their order; SISTCM is not."""
     train, val, subjects = _subject_split(facial_pair_shards, {"s05", "s06"})
     spec = FoldSpec(train, val, {})
-    base = default_config("facial", clips=1, frames=4, lstm1=16, lstm2=8, epochs=12,
-                          batch_size=6, lr=0.01, dropout=0.0)
+    base = default_config(
+        "facial",
+        clips=1,
+        frames=4,
+        lstm1=16,
+        lstm2=8,
+        epochs=12,
+        batch_size=6,
+        lr=0.01,
+        dropout=0.0,
+    )
     scores = {}
     for model in ("sistcm", "resnet_tlstm"):
-        result = fit_folds(replace(base, model=model), facial_pair_shards, [spec], workers=1,
-                           cpus_per_worker=1, storage_path=str(tmp_path), name=model,
-                           write_model=False)
+        result = fit_folds(
+            replace(base, model=model),
+            facial_pair_shards,
+            [spec],
+            workers=1,
+            cpus_per_worker=1,
+            storage_path=str(tmp_path),
+            name=model,
+            write_model=False,
+        )
         df = result.history
         scores[model] = (df["train_war"].max(), df["val_uar"].max(), df["val_uar"].iloc[-3:].mean())
     train_acc, _, val_late = scores["sistcm"]

@@ -1,0 +1,284 @@
+"""Late fusion of the facial and body-gesture branches, with the weight chosen on inner folds.
+
+    python -m distributed.fusion --facial-shards DIR --gesture-shards DIR [--folds K] [--inner J]
+        [--workers N] [--storage DIR] [--out DIR] [--rule log|linear] [--smoke]
+
+Items that have both modalities are paired by id (``<label>/<stem>``: write both sources with the
+same label folders and stems). Folds come from the facial manifest (ids, subjects and labels are
+the same in both, so the gesture manifest holds the same folds); each branch trains on the fold's
+ids present in its own shards. Per outer fold k:
+
+1. on each inner split j of the outer training fold, both branches are trained for a fixed number
+   of epochs on the inner training rows and predict the inner validation rows;
+2. the weight w is chosen on the pooled inner-validation predictions by a grid over [0, 1]
+   (UAR, ties go to the w nearest 0.5) -- the outer test fold is never read here;
+3. both branches are trained on the whole outer training fold (same epochs) and predict the outer
+   test fold, which is scored face-only, body-only and fused with that w.
+
+Fusion rule (default ``log``, a weighted product of experts):
+``p ∝ exp(w·log p_face + (1-w)·log p_body)``. A branch that rules a class out (p ≈ 0) vetoes it,
+which is what combining "which pair" from one modality and "which member" from the other needs;
+``linear`` (``p = w·p_face + (1-w)·p_body``) is available for comparison. Every split of every
+outer fold of one branch is trained in ONE Ray Train fit (the folds run in sequence inside it), so
+the fixed start-up cost is paid twice in total, not once per split; a controller-side callback
+keeps each split's final model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from datasets import shards, storage
+from distributed.metrics import confusion, uar, war
+
+RULES = ("log", "linear")
+EPS = 1e-6
+
+
+def fuse(p_face: np.ndarray, p_body: np.ndarray, w: float, rule: str = "log") -> np.ndarray:
+    """Fused class probabilities (N, classes) from two (N, classes) probability arrays."""
+    if rule == "linear":
+        return w * p_face + (1.0 - w) * p_body
+    if rule != "log":
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    z = w * np.log(p_face + EPS) + (1.0 - w) * np.log(p_body + EPS)  # (N, classes)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def scores(y: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
+    cm = confusion(y, probs.argmax(axis=1), num_classes)
+    return {"war": war(cm), "uar": uar(cm), "n": int(len(y))}
+
+
+def choose_weight(
+    y: np.ndarray,
+    p_face: np.ndarray,
+    p_body: np.ndarray,
+    rule: str = "log",
+    grid: np.ndarray | None = None,
+) -> tuple[float, list[dict]]:
+    """The grid weight with the best UAR (then WAR; remaining ties: nearest 0.5), and the table."""
+    grid = np.linspace(0.0, 1.0, 21) if grid is None else np.asarray(grid, float)
+    k = p_face.shape[1]
+    table = [{"w": float(w), **scores(y, fuse(p_face, p_body, w, rule), k)} for w in grid]
+    best = max(table, key=lambda r: (round(r["uar"], 9), round(r["war"], 9), -abs(r["w"] - 0.5)))
+    return best["w"], table
+
+
+def pair(ids_a, y_a, p_a, ids_b, y_b, p_b):
+    """Align two branches' predictions on their common ids: (ids, y, p_a, p_b)."""
+    index_b = {i: n for n, i in enumerate(ids_b)}
+    common = [i for i in ids_a if i in index_b]
+    if not common:
+        raise ValueError("the two branches share no id: write both sources with the same stems")
+    ia = np.array([ids_a.index(i) for i in common])
+    ib = np.array([index_b[i] for i in common])
+    if not np.array_equal(np.asarray(y_a)[ia], np.asarray(y_b)[ib]):
+        raise ValueError("paired items disagree on their labels")
+    return common, np.asarray(y_a)[ia], p_a[ia], p_b[ib]
+
+
+def _keep_models_callback(out_dir: str, epochs: int):
+    """A Ray Train controller callback copying each split's final model file to ``out_dir``."""
+    from ray.train import UserCallback
+
+    from distributed.worker import MODEL_FILE
+
+    class KeepSplitModels(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            m = metrics[0] if metrics else {}
+            if checkpoint is None or m.get("epoch") != epochs - 1:
+                return
+            with checkpoint.as_directory() as d:
+                with open(os.path.join(d, MODEL_FILE), "rb") as f:
+                    data = f.read()
+            storage.atomic_write_bytes(storage.join(out_dir, f"split{m['fold_index']}.pt"), data)
+
+    return KeepSplitModels()
+
+
+def plan_splits(manifest: dict, folds: int | None, inner: int | None) -> list[dict]:
+    """[{outer, inner (None = the whole outer training fold), train ids, eval ids}] in order."""
+    outer = manifest["folds"]["outer"][: folds or None]
+    plan = []
+    for k, fold in enumerate(outer):
+        for j, split in enumerate(fold["inner"][: inner or None]):
+            plan.append({"outer": k, "inner": j, "train": split["train"], "eval": split["val"]})
+        plan.append({"outer": k, "inner": None, "train": fold["train"], "eval": fold["test"]})
+    return plan
+
+
+def branch_predictions(
+    cfg, root: str, plan: list[dict], *, workers: int, storage_path: str, name: str
+) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Train one branch on every split of ``plan`` (one fit) and predict each split's eval ids."""
+    from distributed.evaluate import predict_fold
+    from distributed.steps import load_model_checkpoint
+    from distributed.train import FoldSpec, fit_folds
+
+    have = set(shards.read_table(root, columns=["id"])["id"].to_pylist())
+    specs = [
+        FoldSpec(tuple(i for i in s["train"] if i in have), None,
+                 {"outer": s["outer"], "inner": s["inner"], "fusion": True})
+        for s in plan
+    ]  # fmt: skip
+    models = storage.join(storage_path, name, "split-models")
+    fit_folds(cfg, root, specs, workers=workers, storage_path=storage_path, name=name,
+              callbacks=[_keep_models_callback(models, cfg.epochs)])  # fmt: skip
+    out = []
+    for n, s in enumerate(plan):
+        path = storage.join(models, f"split{n}.pt")
+        if not storage.exists(path):
+            raise RuntimeError(
+                f"{path}: split model missing (the keep-models callback did not run)"
+            )
+        model, mcfg, _ = load_model_checkpoint(storage.read_bytes(path))
+        out.append(predict_fold(model, mcfg, root, [i for i in s["eval"] if i in have]))
+    return out
+
+
+def run_fusion(
+    facial_cfg,
+    gesture_cfg,
+    facial_root: str,
+    gesture_root: str,
+    *,
+    folds: int | None = None,
+    inner: int | None = None,
+    workers: int = 1,
+    storage_path: str,
+    rule: str = "log",
+    name: str = "fusion",
+) -> dict:
+    """The whole protocol of the module docstring; returns the report as a dict."""
+    fm, gm = shards.read_manifest(facial_root), shards.read_manifest(gesture_root)
+    if fm["classes"] != gm["classes"]:
+        raise ValueError(f"class lists differ: faces {fm['classes']}, gestures {gm['classes']}")
+    classes, k = fm["classes"], len(fm["classes"])
+    plan = plan_splits(fm, folds, inner)
+    kw = dict(workers=workers, storage_path=storage_path)
+    face = branch_predictions(facial_cfg, facial_root, plan, name=f"{name}-facial", **kw)
+    body = branch_predictions(gesture_cfg, gesture_root, plan, name=f"{name}-gesture", **kw)
+    paired = [pair(*f, *b) for f, b in zip(face, body)]  # (ids, y, p_face, p_body) per split
+    report = {"classes": classes, "rule": rule, "folds": [], "facial": facial_cfg.to_dict(),
+              "gesture": gesture_cfg.to_dict()}  # fmt: skip
+    pooled = {"y": [], "face": [], "body": [], "fused": []}
+    for outer in sorted({s["outer"] for s in plan}):
+        inner_idx = [
+            n for n, s in enumerate(plan) if s["outer"] == outer and s["inner"] is not None
+        ]
+        test_idx = next(n for n, s in enumerate(plan) if s["outer"] == outer and s["inner"] is None)
+        y_in = np.concatenate([paired[n][1] for n in inner_idx])
+        w, table = choose_weight(
+            y_in,
+            np.concatenate([paired[n][2] for n in inner_idx]),
+            np.concatenate([paired[n][3] for n in inner_idx]),
+            rule,
+        )
+        ids, y, pf, pb = paired[test_idx]
+        fused = fuse(pf, pb, w, rule)
+        report["folds"].append({
+            "outer": outer, "w": w, "inner_n": int(len(y_in)), "inner_grid": table,
+            "face": scores(y, pf, k), "body": scores(y, pb, k), "fused": scores(y, fused, k),
+            "test_ids": ids,
+        })  # fmt: skip
+        for key, p in (("face", pf), ("body", pb), ("fused", fused)):
+            pooled[key].append(p)
+        pooled["y"].append(y)
+    y_all = np.concatenate(pooled["y"])
+    report["summary"] = {}
+    for key in ("face", "body", "fused"):
+        per_fold = [f[key] for f in report["folds"]]
+        report["summary"][key] = {
+            "pooled": scores(y_all, np.concatenate(pooled[key]), k),
+            **{f"{m}_mean": float(np.mean([s[m] for s in per_fold])) for m in ("war", "uar")},
+            **{f"{m}_std": float(np.std([s[m] for s in per_fold])) for m in ("war", "uar")},
+        }
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Face + body late fusion ({report['rule']} rule)", "",
+             "| branch | WAR mean ± std | UAR mean ± std | pooled WAR | pooled UAR |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for key, label in (("face", "face only"), ("body", "body only"), ("fused", "fused")):
+        s = report["summary"][key]
+        lines.append(
+            f"| {label} | {s['war_mean']:.3f} ± {s['war_std']:.3f} | "
+            f"{s['uar_mean']:.3f} ± {s['uar_std']:.3f} | {s['pooled']['war']:.3f} | "
+            f"{s['pooled']['uar']:.3f} |"
+        )
+    lines += ["", "| outer fold | w (chosen on inner val) | face UAR | body UAR | fused UAR | n |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for f in report["folds"]:
+        lines.append(
+            f"| {f['outer']} | {f['w']:.2f} | {f['face']['uar']:.3f} | "
+            f"{f['body']['uar']:.3f} | {f['fused']['uar']:.3f} | {f['fused']['n']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m distributed.fusion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--facial-shards", required=True)
+    p.add_argument("--gesture-shards", required=True)
+    p.add_argument("--folds", type=int, default=None, help="use the first K outer folds (all)")
+    p.add_argument("--inner", type=int, default=None, help="use the first J inner splits (all)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per fit")
+    p.add_argument("--storage", default="runs", help="Ray Train storage path")
+    p.add_argument("--out", default=None, help="report folder (default: STORAGE/NAME)")
+    p.add_argument("--name", default="fusion")
+    p.add_argument("--rule", choices=RULES, default="log")
+    p.add_argument("--facial-config", help="JSON/YAML TrainConfig overrides (facial)")
+    p.add_argument("--gesture-config", help="JSON/YAML TrainConfig overrides (gesture)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs for both branches")
+    p.add_argument("--smoke", action="store_true", help="tiny models, 2-3 epochs, 1 fold")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distributed.common import init_ray
+    from distributed.config import SMOKE, default_config, load_overrides
+
+    args = build_parser().parse_args(argv)
+    cfgs = {}
+    for kind in ("facial", "gesture"):
+        over = dict(SMOKE[kind]) if args.smoke else {}
+        over.update(load_overrides(getattr(args, f"{kind}_config")))
+        cfgs[kind] = default_config(kind, **over)
+        if args.epochs:
+            cfgs[kind] = replace(cfgs[kind], epochs=args.epochs)
+    folds = 1 if args.smoke and args.folds is None else args.folds
+    inner = 1 if args.smoke and args.inner is None else args.inner
+    store = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
+    init_ray(args.address, args.num_cpus)
+    report = run_fusion(cfgs["facial"], cfgs["gesture"], args.facial_shards, args.gesture_shards,
+                        folds=folds, inner=inner, workers=args.workers, storage_path=store,
+                        rule=args.rule, name=args.name)  # fmt: skip
+    out = args.out or storage.join(store, args.name)
+    storage.atomic_write_bytes(
+        storage.join(out, "fusion.json"), json.dumps(report, indent=2).encode()
+    )
+    text = markdown(report)
+    storage.atomic_write_bytes(storage.join(out, "fusion.md"), text.encode())
+    print(text)
+    print(f"report: {storage.join(out, 'fusion.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The main job: nested-CV search with Ray Tune + Optuna (smoke scale, synthetic gestures)."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distributed import tune as tune_cli
+from distributed.data import ForbiddenRowError, GestureCollate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.timeout(600)
+def test_smoke_search_nested_cv_and_reports(gesture_shards, tmp_path, ray_session, capsys):
+    args = [
+        "gesture",
+        "--smoke",
+        "--shards",
+        gesture_shards,
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "s",
+        "--folds",
+        "1",
+        "--samples",
+        "4",
+        "--max-concurrent",
+        "2",
+        "--quiet",
+    ]
+    assert tune_cli.main(args) == 0
+    results = tmp_path / "s" / "results"
+    trials = _rows(results / "trials.csv")
+    assert len(trials) >= 4
+    assert not any(t["error"] for t in trials), [t["error"] for t in trials]
+    # The trials really differ, and ASHA stopped at least one before its last inner fold.
+    params = {(t["representation"], t["width"], t["lr"]) for t in trials}
+    assert len(params) >= 3
+    assert any(t["complete"] == "False" for t in trials)
+    assert any(t["complete"] == "True" for t in trials)
+    # The report's numbers are the CSVs' numbers.
+    folds = _rows(results / "folds.csv")
+    report = (results / "report.md").read_text()
+    war = np.mean([float(f["war"]) for f in folds])
+    uar = np.mean([float(f["uar"]) for f in folds])
+    assert f"WAR {war:.3f} ± 0.000, UAR {uar:.3f} ± 0.000" in report
+    best = max((t for t in trials if t["complete"] == "True"), key=lambda t: float(t["cv_metric"]))
+    assert folds[0]["trial_id"] == best["trial_id"]
+    assert f"{float(folds[0]['inner_cv']):.3f}" in report
+    cfg = json.loads((results / "best_config.json").read_text())
+    assert cfg["per_outer_fold"][0]["params"]["width"] == int(best["width"])
+    for png in ("optimisation_history.png", "param_importances.png", "confusion.png"):
+        assert (results / png).stat().st_size > 1000
+    # The outer test fold was scored once, by the final model, on exactly its rows.
+    manifest = json.loads((Path(gesture_shards) / "manifest.json").read_text())
+    final = json.loads((tmp_path / "s" / "outer0" / "final.json").read_text())
+    assert sorted(final["ids"]) == sorted(manifest["folds"]["outer"][0]["test"])
+    assert int(folds[0]["n_test"]) == len(manifest["folds"]["outer"][0]["test"])
+
+
+def test_training_code_refuses_outer_test_rows():
+    """The guard every trial runs with: a batch holding an outer-test row raises."""
+    collate = GestureCollate(forbidden=frozenset({"bow/s00_0001"}))
+    j = np.zeros((4, 25, 2), np.float32).tobytes()
+    c = np.ones((4, 25), np.float32).tobytes()
+    batch = {
+        "id": np.array(["bow/s00_0001"]),
+        "joints": np.array([j], object),
+        "confidence": np.array([c], object),
+        "n_frames": np.array([4]),
+        "n_joints": np.array([25]),
+        "dims": np.array([2]),
+        "label": np.array([0]),
+    }
+    with pytest.raises(ForbiddenRowError):
+        collate(batch)
+    batch["id"] = np.array(["bow/s01_0001"])
+    assert collate(batch)["joints"].shape == (1, 4, 25, 2)
+
+
+def _kill_tree(proc, ray_tmp):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    # A killed driver leaves Ray's agents behind (they ignore SIGTERM): kill what used its tmpdir.
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().decode(errors="replace")
+            environ = (proc_dir / "environ").read_bytes().decode(errors="replace")
+            if ray_tmp in cmdline or f"RAY_TMPDIR={ray_tmp}\0" in environ:
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.mark.timeout(900)
+def test_kill_driver_then_resume_without_rerunning_finished_trials(gesture_shards, tmp_path):
+    ray_tmp = f"/tmp/rk{os.getpid()}"
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": ray_tmp,
+        "TUNE_GLOBAL_CHECKPOINT_S": "1",
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "distributed.tune",
+        "gesture",
+        "--smoke",
+        "--shards",
+        gesture_shards,
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--folds",
+        "1",
+        "--samples",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--num-cpus",
+        "2",
+        "--quiet",
+    ]
+    exp = tmp_path / "r" / "outer0"
+
+    def finished_trials():
+        done = {}
+        for result in exp.glob("*/result.json"):
+            lines = result.read_text().splitlines()
+            if lines and json.loads(lines[-1]).get("done"):
+                done[result.parent.name] = len(lines)
+        return done
+
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and len(finished_trials()) < 1 and proc.poll() is None:
+            time.sleep(2)
+        time.sleep(3)  # let Tune save the experiment state after the trial ended
+        before = finished_trials()
+        assert before, (tmp_path / "first.log").read_text()[-3000:]
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+    finally:
+        _kill_tree(proc, ray_tmp)
+
+    second = subprocess.run(
+        cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=800
+    )
+    _kill_tree(subprocess.Popen(["true"], start_new_session=True), ray_tmp)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    after = finished_trials()
+    assert len(after) == 4  # the Optuna/Tune state survived: no extra trials, none lost
+    for name, n_results in before.items():
+        assert after[name] == n_results, f"finished trial {name} was run again"
+    trials = _rows(tmp_path / "r" / "results" / "trials.csv")
+    assert len(trials) == 4
+    # The Optuna study itself (journal file) holds the 4 trials with the values Tune reported.
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna-outer0.journal")))
+    study = optuna.load_study(study_name="outer0", storage=journal)
+    values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert len(study.trials) == 4
+    assert np.allclose(values, sorted(float(t["cv_metric"]) for t in trials))
+    assert re.search(
+        r"WAR \d\.\d{3} ± \d\.\d{3}", (tmp_path / "r" / "results" / "report.md").read_text()
+    )
