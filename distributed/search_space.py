@@ -64,7 +64,7 @@ SMOKE_SPACE = {
     "gesture": {
         "representation": {"choice": ["timeline", "potion"]},
         "width": {"choice": [8, 16]},
-        "lr": {"loguniform": [1e-4, 3e-2]},
+        "lr": {"loguniform": [1e-3, 3e-2]},
     },
 }
 SMOKE_START = {

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
 from dataclasses import replace
 
 import numpy as np
+from ray.tune import Callback
 
 from datasets import shards, storage
 from distributed.common import REPO_ROOT, cluster_cpus, git_commit, init_ray
@@ -113,6 +115,23 @@ def optuna_storage(root: str, outer: int) -> dict:
     return {"storage": JournalStorage(backend), "study_name": f"outer{outer}"}
 
 
+class SchedulerSaver(Callback):
+    """Tune callback that persists the trial scheduler's state after every result (Tune restores
+    the searcher on resume, not the scheduler)."""
+
+    def __init__(self, scheduler, path: str):
+        self.scheduler, self.path = scheduler, path
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._save()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._save()
+
+    def _save(self) -> None:
+        storage.atomic_write_bytes(self.path, pickle.dumps(self.scheduler.__dict__))
+
+
 def search_outer_fold(
     args,
     manifest: dict,
@@ -149,16 +168,29 @@ def search_outer_fold(
         {"CPU": DRIVER_CPU},
     )
     exp_path = storage.join(root, f"outer{outer}")
+    asha_path = storage.join(root, f"asha-outer{outer}.pkl")
     if args.resume and tune.Tuner.can_restore(exp_path):
         print(f"outer fold {outer}: resuming the search in {exp_path}")
         tuner = tune.Tuner.restore(
             exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
+        # Tune restores the searcher but not the scheduler: put ASHA's rungs back, or trials
+        # finished before the interruption would no longer count when cutting new ones.
+        if storage.exists(asha_path):
+            scheduler = tuner._local_tuner._tune_config.scheduler
+            saved = pickle.loads(storage.read_bytes(asha_path))
+            # metric and mode are set again by Tune when the restored run starts
+            for key in ("_metric", "_mode", "_metric_op"):
+                saved.pop(key, None)
+            scheduler.__dict__.update(saved)
     else:
         searcher = OptunaSearch(
             points_to_evaluate=space.start or None,
             seed=base.seed + outer,
             **optuna_storage(root, outer),
+        )
+        asha = ASHAScheduler(
+            time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2
         )
         tuner = tune.Tuner(
             trainable,
@@ -168,12 +200,13 @@ def search_outer_fold(
                 mode="max",
                 num_samples=args.samples,
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                scheduler=ASHAScheduler(
-                    time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2
-                ),
+                scheduler=asha,
             ),
             run_config=tune.RunConfig(
-                name=f"outer{outer}", storage_path=root, verbose=1 if args.quiet else 2
+                name=f"outer{outer}",
+                storage_path=root,
+                verbose=1 if args.quiet else 2,
+                callbacks=[SchedulerSaver(asha, asha_path)],
             ),
         )
     return tuner.fit()

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed import tune as tune_cli
 from distributed.data import ForbiddenRowError, GestureCollate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,34 +23,15 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.timeout(600)
-def test_smoke_search_nested_cv_and_reports(gesture_shards, tmp_path, ray_session, capsys):
-    args = [
-        "gesture",
-        "--smoke",
-        "--shards",
-        gesture_shards,
-        "--storage",
-        str(tmp_path),
-        "--name",
-        "s",
-        "--folds",
-        "1",
-        "--samples",
-        "4",
-        "--max-concurrent",
-        "2",
-        "--quiet",
-    ]
-    assert tune_cli.main(args) == 0
-    results = tmp_path / "s" / "results"
+def _check_results(root: Path, shards_root: str, samples: int) -> None:
+    """What a finished search must leave: trials, ASHA stops, reports equal to the CSVs."""
+    results = root / "results"
     trials = _rows(results / "trials.csv")
-    assert len(trials) >= 4
+    assert len(trials) == samples
     assert not any(t["error"] for t in trials), [t["error"] for t in trials]
     # The trials really differ, and ASHA stopped at least one before its last inner fold.
-    params = {(t["representation"], t["width"], t["lr"]) for t in trials}
-    assert len(params) >= 3
-    assert any(t["complete"] == "False" for t in trials)
+    assert len({(t["representation"], t["width"], t["lr"]) for t in trials}) >= 2
+    assert any(t["complete"] == "False" for t in trials), trials
     assert any(t["complete"] == "True" for t in trials)
     # The report's numbers are the CSVs' numbers.
     folds = _rows(results / "folds.csv")
@@ -67,8 +47,8 @@ def test_smoke_search_nested_cv_and_reports(gesture_shards, tmp_path, ray_sessio
     for png in ("optimisation_history.png", "param_importances.png", "confusion.png"):
         assert (results / png).stat().st_size > 1000
     # The outer test fold was scored once, by the final model, on exactly its rows.
-    manifest = json.loads((Path(gesture_shards) / "manifest.json").read_text())
-    final = json.loads((tmp_path / "s" / "outer0" / "final.json").read_text())
+    manifest = json.loads((Path(shards_root) / "manifest.json").read_text())
+    final = json.loads((root / "outer0" / "final.json").read_text())
     assert sorted(final["ids"]) == sorted(manifest["folds"]["outer"][0]["test"])
     assert int(folds[0]["n_test"]) == len(manifest["folds"]["outer"][0]["test"])
 
@@ -111,7 +91,7 @@ def _kill_tree(proc, ray_tmp):
 
 
 @pytest.mark.timeout(900)
-def test_kill_driver_then_resume_without_rerunning_finished_trials(gesture_shards, tmp_path):
+def test_search_killed_then_resumed_finishes_with_honest_reports(gesture_shards, tmp_path):
     ray_tmp = f"/tmp/rk{os.getpid()}"
     env = {
         **os.environ,
@@ -144,6 +124,11 @@ def test_kill_driver_then_resume_without_rerunning_finished_trials(gesture_shard
         "--quiet",
     ]
     exp = tmp_path / "r" / "outer0"
+    # One learning rate in the space cannot learn anything: ASHA must cut such trials after
+    # their first inner fold, whether they run before or after the interruption.
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"space": {"lr": {"choice": [0.01, 1e-7]}}}))
+    cmd += ["--space", str(space)]
 
     def finished_trials():
         done = {}
@@ -177,8 +162,8 @@ def test_kill_driver_then_resume_without_rerunning_finished_trials(gesture_shard
     assert len(after) == 4  # the Optuna/Tune state survived: no extra trials, none lost
     for name, n_results in before.items():
         assert after[name] == n_results, f"finished trial {name} was run again"
+    _check_results(tmp_path / "r", gesture_shards, samples=4)
     trials = _rows(tmp_path / "r" / "results" / "trials.csv")
-    assert len(trials) == 4
     # The Optuna study itself (journal file) holds the 4 trials with the values Tune reported.
     import optuna
     from optuna.storages import JournalStorage
