@@ -13,9 +13,9 @@ fused score (what ``distributed.evaluate`` and ``distributed.predict`` report).
 - ``exported`` (default): ``torch.export`` with a dynamic batch dimension, saved with
   ``torch.export.save``; load with ``torch.export.load(FILE).module()``. torch.export specialises
   sizes 0 and 1, so the graph accepts B >= 2; :func:`load` pads a single item to two.
-- ``torchscript``: ``torch.jit.trace`` of the exported graph (plain ATen ops: the SISTCM block's
-  custom autograd functions cannot be traced directly); load with ``torch.jit.load``. Sizes are
-  read from the input at run time, so any B works.
+- ``torchscript``: ``torch.jit.trace`` of the eager model; load with ``torch.jit.load``. Sizes
+  are read from the input at run time, so any B works. Works for ACCM, CNN and ResNet + TLSTM;
+  SISTCM's block uses custom autograd functions, which tracing refuses (use ``exported``).
 
 Both files carry ``emovis.json`` (class names, preprocessing, input shape, outputs) as an extra
 file. No ONNX: the ``onnx`` package is not a dependency of this project.
@@ -24,6 +24,7 @@ file. No ONNX: the ``onnx`` package is not a dependency of this project.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 
@@ -86,7 +87,10 @@ def metadata(blob: dict, fmt: str, shape: tuple[int, ...]) -> dict:
 @torch.no_grad()
 def export_program(model: nn.Module, kind: str, example: torch.Tensor):
     """``torch.export`` of the wrapped model with a dynamic batch dimension."""
-    dims = {0: torch.export.Dim.AUTO, **{i: None for i in range(1, example.dim())}}
+    dims = {
+        0: torch.export.Dim.AUTO,
+        **{i: torch.export.Dim.STATIC for i in range(1, example.dim())},
+    }
     return torch.export.export(
         ExportWrapper(model, kind).eval(), (example,), dynamic_shapes=(dims,)
     )
@@ -99,30 +103,31 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
     data = checkpoint if isinstance(checkpoint, bytes) else storage.read_bytes(str(checkpoint))
     model, cfg, blob = load_model_checkpoint(data, "cpu")
     example = example_input(blob, max(batch, 2))
-    program = export_program(model, cfg.kind, example)
     meta = metadata(blob, fmt, tuple(example.shape))
     extra = {META: json.dumps(meta)}
     if fmt == "exported":
-        import io
-
+        program = export_program(model, cfg.kind, example)
         buf = io.BytesIO()
         torch.export.save(program, buf, extra_files=extra)
         storage.atomic_write_bytes(out, buf.getvalue())
     else:
-        with torch.no_grad():
-            traced = torch.jit.trace(program.module(), (example,), check_trace=False)
-        import io
-
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files=extra)
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(ExportWrapper(model, cfg.kind).eval(), (example,),
+                                         check_trace=False)  # fmt: skip
+            torch.jit.save(traced, buf, _extra_files=extra)  # Python ops fail here, not above
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(
+                f"{blob['model']} cannot be saved as TorchScript ({first}); use --format exported"
+            ) from None
         storage.atomic_write_bytes(out, buf.getvalue())
     return meta
 
 
 def load(path: str):
     """(callable, metadata) for a file written by :func:`export_checkpoint`, either format."""
-    import io
-
     data = storage.read_bytes(path)
     extra = {META: ""}
     try:

@@ -1,0 +1,102 @@
+"""Exported graphs (torch.export, TorchScript) reproduce the eager model at other batch sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distributed import export
+from distributed.config import default_config
+from distributed.steps import build, load_model_checkpoint, save_model_checkpoint
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _checkpoint(path, kind, model=None):
+    if kind == "facial":
+        cfg = default_config(
+            "facial", model=model or "sistcm", clips=2, frames=2, lstm1=16, lstm2=8
+        )
+        pre = {"kind": "facial", "size": 32, "detector": "haar", "every": 5, "margin": 0.2,
+               "max_frames": None, "clips": 2, "frames": 2}  # fmt: skip
+        nj = None
+    else:
+        cfg = default_config("gesture", rep_size=32, rep_length=40, width=16, se_reduction=4)
+        pre = {"kind": "gesture", "fill_missing": True, "representation": "timeline",
+               "rep_size": 32, "rep_length": 40, "joint_weight": "index"}  # fmt: skip
+        nj = 25
+    torch.manual_seed(0)
+    model = build(cfg, 3, nj).eval()
+    # non-trivial BatchNorm statistics, so that eval-mode BN really is part of the graph
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    save_model_checkpoint(str(path), model, cfg, cfg.model_kwargs(3, nj), ["a", "b", "c"], pre,
+                          {}, "test")  # fmt: skip
+    return str(path)
+
+
+def _eager(ckpt, x):
+    model, cfg, _ = load_model_checkpoint(ckpt)
+    with torch.no_grad():
+        return export.ExportWrapper(model, cfg.kind).eval()(x)
+
+
+CASES = [
+    ("gesture", "accm", "exported"),
+    ("gesture", "accm", "torchscript"),
+    ("facial", "sistcm", "exported"),
+    ("facial", "resnet_tlstm", "torchscript"),
+]
+
+
+@pytest.mark.parametrize("kind,model,fmt", CASES)
+def test_export_round_trip_matches_eager_at_other_batch_sizes(kind, model, fmt, tmp_path):
+    ckpt = _checkpoint(tmp_path / "model.pt", kind, model if kind == "facial" else None)
+    out = tmp_path / f"model.{fmt}"
+    meta = export.export_checkpoint(ckpt, str(out), fmt, batch=2)
+    assert meta["kind"] == kind and meta["class_names"] == ["a", "b", "c"]
+    fn, loaded_meta = export.load(str(out))
+    assert loaded_meta == json.loads(json.dumps(meta))
+    _, _, blob = load_model_checkpoint(ckpt)
+    for batch in (1, 3, 5):  # never the exported batch size (2)
+        x = export.example_input(blob, batch)
+        g = torch.Generator().manual_seed(batch)
+        if kind == "facial":
+            # a different brightness per video (noise alone averages out in untrained features)
+            level = torch.linspace(20, 230, batch).view(batch, 1, 1, 1, 1, 1)
+            x = (level + 20 * torch.rand(x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+        else:
+            x = torch.rand(x.shape, generator=g) * 3
+        with torch.no_grad():
+            got = fn(x)
+        ref = _eager(ckpt, x)
+        assert len(got) == len(ref) == len(meta["outputs"])
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape and a.shape[0] == batch
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # outputs differ between items: the comparison is not between constants
+        assert batch == 1 or (ref[-1][:1] - ref[-1]).abs().max() > 1e-5
+
+
+def test_exported_program_file_loads_with_plain_torch(tmp_path):
+    ckpt = _checkpoint(tmp_path / "model.pt", "gesture")
+    out = tmp_path / "model.pt2"
+    assert export.main(["--checkpoint", ckpt, "--out", str(out)]) == 0
+    extra = {export.META: ""}
+    program = torch.export.load(str(out), extra_files=extra)
+    assert json.loads(extra[export.META])["outputs"] == ["probs", "logits"]
+    _, _, blob = load_model_checkpoint(ckpt)
+    x = export.example_input(blob, 4)
+    probs, logits = program.module()(x)
+    torch.testing.assert_close(logits, _eager(ckpt, x)[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(probs.sum(1), torch.ones(4))
+
+
+def test_sistcm_torchscript_is_refused_with_a_clear_message(tmp_path):
+    ckpt = _checkpoint(tmp_path / "model.pt", "facial")
+    with pytest.raises(ValueError, match="use --format exported"):
+        export.export_checkpoint(ckpt, str(tmp_path / "m.ts"), "torchscript")

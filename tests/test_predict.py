@@ -1,0 +1,281 @@
+"""Prediction on raw inputs: same numbers as evaluation on shards, failures isolated, Ray = local.
+
+Checkpoints here are untrained models written with ``save_model_checkpoint`` and the preprocessing
+record of the session's shard folders: agreement with ``evaluate.predict_fold`` is a question of
+identical preprocessing and batching, not of accuracy. Every check that the numbers agree is
+paired with a check that a different preprocessing would NOT agree, so the comparison has teeth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import shards
+from distributed import predict
+from distributed.config import default_config
+from distributed.evaluate import predict_fold
+from distributed.steps import build, load_model_checkpoint, save_model_checkpoint
+from distributed.train import preprocessing_of
+
+pytestmark = pytest.mark.timeout(240)
+
+FACIAL = dict(clips=2, frames=2, lstm1=16, lstm2=8, dropout=0.0)
+GESTURE = dict(rep_size=32, rep_length=48, width=16, se_reduction=4)
+
+
+def _checkpoint(path, root, cfg, num_joints=None):
+    manifest = shards.read_manifest(root)
+    torch.manual_seed(0)
+    model = build(cfg, len(manifest["classes"]), num_joints).eval()
+    if cfg.kind == "facial":
+        _spread_head(model, root, cfg)
+    save_model_checkpoint(str(path), model, cfg, cfg.model_kwargs(len(manifest["classes"]),
+                          num_joints), manifest["classes"], preprocessing_of(manifest, cfg),
+                          {"outer": None}, "test")  # fmt: skip
+    return str(path)
+
+
+def _spread_head(model, root, cfg):
+    """Untrained clip features differ little between videos: standardise them inside clip_fc
+    (weights / feature std, bias removing the feature mean) so that the outputs differ clearly
+    between videos and "predict equals evaluate" is a strict check."""
+    from datasets.clips import sample_clips
+
+    table = shards.read_table(root, columns=["frames", "n_frames", "size"])
+    videos = [
+        shards.facial_frames(f, n, s)
+        for f, n, s in zip(
+            table["frames"].to_pylist(), table["n_frames"].to_pylist(), table["size"].to_pylist()
+        )
+    ]
+    x = torch.from_numpy(np.stack([sample_clips(v, cfg.clips, cfg.frames) for v in videos]))
+    with torch.no_grad():
+        f = model.forward_features(x.permute(0, 1, 2, 5, 3, 4)).flatten(0, 1)  # (B*C, 512)
+        mu, sd = f.mean(0), f.std(0) + 1e-6
+        w = (
+            model.head.clip_fc.weight
+            / sd
+            * (3.0 / f.shape[1] ** 0.5)
+            / model.head.clip_fc.weight.std()
+        )
+        model.head.clip_fc.weight.copy_(w)
+        model.head.clip_fc.bias.copy_(-(w @ mu))
+        model.head.fc2.weight.mul_(20.0)
+
+
+@pytest.fixture(scope="module")
+def facial_ckpt(facial_pair_shards, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pred") / "facial.pt"
+    return _checkpoint(path, facial_pair_shards, default_config("facial", **FACIAL))
+
+
+@pytest.fixture(scope="module")
+def gesture_ckpt(gesture_shards, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pred") / "gesture.pt"
+    nj = shards.read_manifest(gesture_shards)["num_joints"]
+    return _checkpoint(path, gesture_shards, default_config("gesture", **GESTURE), nj)
+
+
+def _rows(root, n):
+    table = shards.read_table(root, columns=["id", "source"])
+    ids, src = table["id"].to_pylist(), table["source"].to_pylist()
+    order = np.random.default_rng(0).permutation(len(ids))[:n]
+    return [ids[i] for i in order], [src[i] for i in order]
+
+
+def _evaluate(ckpt, root, ids):
+    model, cfg, _ = load_model_checkpoint(ckpt)
+    got_ids, _, probs = predict_fold(model, cfg, root, ids)
+    return dict(zip(got_ids, probs))
+
+
+def test_facial_predict_matches_evaluate_on_the_raw_videos(facial_ckpt, facial_pair_shards):
+    ids, sources = _rows(facial_pair_shards, 6)
+    expected = _evaluate(facial_ckpt, facial_pair_shards, ids)
+    p = predict.Predictor.from_checkpoint(facial_ckpt)
+    assert p.pre["size"] == 48 and p.pre["detector"] == "haar" and (p.clips, p.frames) == (2, 2)
+    got = {i: p.predict_path(s) for i, s in zip(ids, sources)}
+    names = p.class_names
+    probs = np.array([[got[i].probabilities[c] for c in names] for i in ids])
+    ref = np.array([expected[i] for i in ids])
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-5)
+    assert np.ptp(ref, axis=0).max() > 1e-3, "untrained outputs do not vary: the check is blind"
+    for i in ids:
+        assert got[i].label == names[int(np.argmax(expected[i]))]
+        assert got[i].face_fraction > 0.5 and not got[i].warnings
+        # the timeline is the clip stream whose mean is the model's p1
+        tl = got[i].timeline
+        assert len(tl) == 2 and tl[0].start_frame == 0 and tl[-1].end_frame == got[i].n_frames - 1
+    # the same model on other preprocessing (no face detection: centre crop) gives other numbers
+    other = predict.Predictor(p.model, p.cfg, p.blob)
+    other.pre = {**p.pre, "detector": "none"}
+    moved = np.array([[other.predict_path(s).probabilities[c] for c in names] for s in sources])
+    assert np.abs(moved - ref).max() > 1e-4
+
+    # frames API: decoded frames, and the stored crops with already_cropped=True
+    from datasets.video import read_frames
+
+    direct = p.predict_frames(read_frames(sources[0]))
+    np.testing.assert_allclose(list(direct.probabilities.values()), ref[0], atol=1e-5)
+    table = shards.read_table(facial_pair_shards, columns=["id", "frames", "n_frames", "size"])
+    k = table["id"].to_pylist().index(ids[0])
+    crops = shards.facial_frames(table["frames"][k].as_py(), table["n_frames"][k].as_py(),
+                                 table["size"][k].as_py())  # fmt: skip
+    cropped = p.predict_frames(crops, already_cropped=True)
+    np.testing.assert_allclose(list(cropped.probabilities.values()), ref[0], atol=1e-5)
+
+
+def test_timeline_is_the_clip_stream_and_accepts_more_clips(facial_ckpt, facial_pair_shards):
+    _, sources = _rows(facial_pair_shards, 1)
+    p = predict.Predictor.from_checkpoint(facial_ckpt, clips=4)
+    prep = p.prepare_path(sources[0])
+    pred = p.predict_prepared([prep])[0]
+    assert len(pred.timeline) == 4
+    # slow reference: run the model on the 4-clip input and average nothing: per-clip softmax
+    from datasets.clips import sample_clips
+
+    x = torch.from_numpy(sample_clips(prep.data, 4, 2)[None]).permute(0, 1, 2, 5, 3, 4)
+    with torch.no_grad():
+        feats = p.model.forward_features(x)  # (1, 4, 512)
+        ref = torch.stack([p.model.head.clip_fc(feats[0, c]).softmax(-1) for c in range(4)])
+        p1 = p.model(x)["p1"][0]
+    tl = np.array([list(c.probabilities.values()) for c in pred.timeline])
+    np.testing.assert_allclose(tl, ref.numpy(), atol=1e-5)
+    np.testing.assert_allclose(tl.mean(0), p1.numpy(), atol=1e-5)
+    # contiguous segments covering the video, frames inside their segment
+    n = pred.n_frames
+    assert [c.start_frame for c in pred.timeline][0] == 0 and pred.timeline[-1].end_frame == n - 1
+    for a, b in zip(pred.timeline, pred.timeline[1:]):
+        assert b.start_frame == a.end_frame + 1
+    for c in pred.timeline:
+        assert all(c.start_frame <= f <= c.end_frame for f in c.frames)
+        assert c.start_s == pytest.approx(c.start_frame / 10.0)  # the generator writes 10 fps
+    # the whole-video prediction still uses the checkpoint's C = 2 (what evaluation uses)
+    two = predict.Predictor.from_checkpoint(facial_ckpt).predict_prepared([prep])[0]
+    assert pred.probabilities == two.probabilities
+
+
+def test_gesture_predict_matches_evaluate(gesture_ckpt, gesture_shards):
+    ids, sources = _rows(gesture_shards, 8)
+    expected = _evaluate(gesture_ckpt, gesture_shards, ids)
+    p = predict.Predictor.from_checkpoint(gesture_ckpt)
+    got = [p.predict_path(s) for s in sources]
+    probs = np.array([[g.probabilities[c] for c in p.class_names] for g in got])
+    ref = np.array([expected[i] for i in ids])
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-5)
+    assert np.ptp(ref, axis=0).max() > 1e-3
+    assert all(g.timeline == () and g.face_fraction is None for g in got)
+    raw = np.load(sources[0])
+    joints = np.where(raw["confidence"][..., None] > 0, raw["joints"], np.nan)
+    np.testing.assert_allclose(
+        list(p.predict_joints(joints).probabilities.values()), ref[0], atol=1e-5
+    )
+    # without filling the missing joints the representation changes
+    other = predict.Predictor(p.model, p.cfg, p.blob)
+    other.pre = {**p.pre, "fill_missing": False}
+    moved = [list(other.predict_path(s).probabilities.values()) for s in sources]
+    assert np.abs(np.array(moved) - ref).max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(facial_pair_shards, tmp_path_factory):
+    """3 good videos, a corrupt .avi, a zero-byte .mp4, a faceless video and a stray text file."""
+    import shutil
+
+    from datasets.synthetic import write_video
+
+    _, sources = _rows(facial_pair_shards, 3)
+    d = tmp_path_factory.mktemp("mixed")
+    (d / "sub").mkdir()
+    for k, s in enumerate(sources):
+        shutil.copy(s, d / ("sub" if k == 2 else ".") / f"good{k}.avi")
+    (d / "corrupt.avi").write_bytes(b"RIFF\x10\x00\x00\x00AVI garbage" * 50)
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "notes.txt").write_text("not a video")
+    gray = np.full((8, 96, 96, 3), 128, np.uint8)
+    gray[:, ::7] = 40  # stripes, no face
+    write_video(d / "noface.avi", gray)
+    return d
+
+
+def test_cli_reports_bad_files_and_continues(facial_ckpt, mixed_folder, tmp_path, capsys):
+    out = tmp_path / "pred.json"
+    plots = tmp_path / "plots"
+    code = predict.main([str(mixed_folder), "--checkpoint", facial_ckpt, "--out", str(out),
+                         "--plot", str(plots)])  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    status = {r["id"]: r for r in doc["items"]}
+    assert set(status) == {"good0", "good1", "sub/good2", "corrupt", "empty", "noface"}
+    assert status["corrupt"]["status"] == "error" and "corrupt" in status["corrupt"]["error"]
+    assert status["empty"]["status"] == "error" and "zero-byte" in status["empty"]["error"]
+    for k in ("good0", "good1", "sub/good2"):
+        assert status[k]["status"] == "ok" and status[k]["warnings"] == []
+    face = status["noface"]
+    assert face["status"] == "ok" and face["face_fraction"] == 0.0
+    assert "no face" in face["warnings"][0]
+    err = capsys.readouterr().err
+    assert "corrupt.avi" in err and "notes.txt" in err and "4 of 6 items predicted" in err
+    pngs = sorted(p.name for p in plots.iterdir())
+    assert pngs == sorted(f"{k.replace('/', '__')}.png" for k in status if k not in
+                          ("corrupt", "empty"))  # fmt: skip
+    assert (plots / "good0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # CSV: one "all" row per item plus one per clip for the predicted ones
+    csv_out = tmp_path / "pred.csv"
+    assert predict.main([str(mixed_folder / "good0.avi"), str(mixed_folder / "corrupt.avi"),
+                         "--checkpoint", facial_ckpt, "--out", str(csv_out)]) == 0  # fmt: skip
+    import csv
+
+    rows = list(csv.DictReader(csv_out.open()))
+    assert [(r["id"], r["clip"], r["status"]) for r in rows] == [
+        ("good0", "all", "ok"), ("good0", "0", "ok"), ("good0", "1", "ok"),
+        ("corrupt", "all", "error")]  # fmt: skip
+    # nothing predictable: non-zero exit
+    bad = [str(mixed_folder / "corrupt.avi"), str(mixed_folder / "empty.mp4")]
+    assert predict.main([*bad, "--checkpoint", facial_ckpt]) == 1
+
+
+@pytest.mark.timeout(300)
+def test_ray_data_batch_mode_agrees_with_single_mode(facial_ckpt, mixed_folder, tmp_path,
+                                                     ray_session):  # fmt: skip
+    single, batch = tmp_path / "single.json", tmp_path / "batch.json"
+    args = [str(mixed_folder), "--checkpoint", facial_ckpt, "--clips", "3"]
+    assert predict.main([*args, "--out", str(single)]) == 0
+    assert predict.main([*args, "--out", str(batch), "--batch", "--batch-size", "2"]) == 0
+    a, b = (json.loads(p.read_text())["items"] for p in (single, batch))
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["status"] == rb["status"] and ra["error"] == rb["error"]
+        if ra["status"] == "ok":
+            assert ra["label"] == rb["label"] and ra["warnings"] == rb["warnings"]
+            np.testing.assert_allclose(
+                list(ra["probabilities"].values()), list(rb["probabilities"].values()), atol=1e-5
+            )
+            ta = [list(c["probabilities"].values()) for c in ra["timeline"]]
+            tb = [list(c["probabilities"].values()) for c in rb["timeline"]]
+            assert len(ta) == 3
+            np.testing.assert_allclose(ta, tb, atol=1e-5)
+            strip = lambda t: [{k: v for k, v in c.items() if k != "probabilities"} for c in t]
+            assert strip(ra["timeline"]) == strip(rb["timeline"])
+
+
+def test_checkpoint_kind_mismatch_and_bad_checkpoint(gesture_ckpt, tmp_path, capsys):
+    p = predict.Predictor.from_checkpoint(gesture_ckpt)
+    with pytest.raises(ValueError, match="facial checkpoint"):
+        p.predict_frames(np.zeros((4, 32, 32, 3), np.uint8))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert predict.main(["x.avi", "--checkpoint", str(junk)]) == 2
+    assert "cannot load the checkpoint" in capsys.readouterr().err
+
+
+def test_prediction_is_frozen():
+    pred = predict.Prediction("x", "a", {"a": 1.0})
+    with pytest.raises(AttributeError):
+        pred.label = "b"
+    assert replace(pred, label="b").label == "b"
