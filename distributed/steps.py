@@ -19,12 +19,15 @@ def heads_of(kind: str) -> tuple[str, ...]:
     return ("p1", "p2", "p3", "fused") if kind == "facial" else ("fused",)
 
 
-def build(cfg: TrainConfig, num_classes: int, num_joints: int | None = None) -> torch.nn.Module:
+def build(
+    cfg: TrainConfig, num_classes: int, num_joints: int | None = None, pretrained: bool = True
+) -> torch.nn.Module:
+    """The model of ``cfg``; with ``pretrained`` the facial backbone gets the ImageNet weights."""
     from models import build_model
 
     kwargs = cfg.model_kwargs(num_classes, num_joints)
     model = build_model(cfg.model, **kwargs)
-    if cfg.kind == "facial" and cfg.imagenet_weights:
+    if pretrained and cfg.kind == "facial" and cfg.imagenet_weights:
         from models.sistcm import load_imagenet_weights
 
         load_imagenet_weights(model.backbone, cfg.imagenet_weights)

@@ -50,12 +50,22 @@ def outer_test_ids(manifest: dict, outer: int) -> frozenset[str]:
 
 
 def plan_concurrency(
-    total_cpus: float, workers: int, cpus_per_worker: float, wanted: int | None
+    total_cpus: float,
+    workers: int,
+    cpus_per_worker: float,
+    wanted: int | None,
+    autoscaling: bool = False,
 ) -> int:
-    """Trials that fit at once, keeping one CPU for Ray Data tasks (avoids the 2-CPU hang)."""
+    """Trials that fit at once, keeping one CPU for Ray Data tasks (avoids the 2-CPU hang).
+
+    On a cluster that autoscales from zero (``autoscaling``), the CPUs up now say nothing about
+    what will come: ``wanted`` (or 1) trials are started and wait for the autoscaler's nodes.
+    """
     per_trial = workers * cpus_per_worker + DRIVER_CPU
     fit = int((total_cpus - 1.0) // per_trial)
     if fit < 1:
+        if autoscaling:
+            return wanted or 1
         raise SystemExit(
             f"error: a trial needs {per_trial:.2f} CPUs plus 1 for data loading, the cluster has "
             f"{total_cpus:g}; lower --workers-per-trial or --cpus-per-worker"
@@ -370,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpus_per_worker is None:
         args.cpus_per_worker = 1.0 if cluster_cpus() >= 8 else 0.5
     concurrency = plan_concurrency(
-        cluster_cpus(), args.workers_per_trial, args.cpus_per_worker, args.max_concurrent
+        cluster_cpus(),
+        args.workers_per_trial,
+        args.cpus_per_worker,
+        args.max_concurrent,
+        autoscaling=bool(args.address or os.environ.get("RAY_ADDRESS")),
     )
     print(
         f"nested CV on {args.shards}: outer folds {outers}, {args.samples} trials each, "

@@ -256,7 +256,7 @@ def _write_model(
     from distributed.steps import save_model_checkpoint
 
     info = config["model_writer"]
-    model = build(cfg, config["num_classes"], config.get("num_joints"))
+    model = build(cfg, config["num_classes"], config.get("num_joints"), pretrained=False)
     model.load_state_dict(best_state)
     save_model_checkpoint(
         os.path.join(directory, MODEL_FILE),

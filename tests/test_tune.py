@@ -177,3 +177,14 @@ def test_search_killed_then_resumed_finishes_with_honest_reports(gesture_shards,
     assert re.search(
         r"WAR \d\.\d{3} ± \d\.\d{3}", (tmp_path / "r" / "results" / "report.md").read_text()
     )
+
+
+def test_concurrency_plan_keeps_a_cpu_for_data_and_waits_for_autoscaling():
+    from distributed.tune import plan_concurrency
+
+    assert plan_concurrency(2, 1, 0.5, None) == 1  # 2-CPU laptop: one trial, 0.5-CPU worker
+    assert plan_concurrency(8, 2, 1.0, None) == 3
+    assert plan_concurrency(8, 2, 1.0, 2) == 2
+    with pytest.raises(SystemExit, match="plus 1 for data loading"):
+        plan_concurrency(1, 1, 0.5, None)
+    assert plan_concurrency(0, 1, 1.0, 4, autoscaling=True) == 4  # GPU nodes not up yet
