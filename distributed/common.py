@@ -43,16 +43,16 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"logging_level": logging.WARNING} if quiet else {}
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    code = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
     if address:
-        ray.init(address=address, **kwargs)
+        # A job from `ray job submit --working-dir .` already ships the code; a driver joining a
+        # cluster on this machine (or one sharing this path) points the workers at the checkout.
+        in_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, **kwargs, **({} if in_submitted_job else code))
     else:
-        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        ray.init(
-            address="local",  # never attach to a stale cluster by accident
-            num_cpus=num_cpus,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-            **kwargs,
-        )
+        # address="local": never attach to a stale cluster by accident
+        ray.init(address="local", num_cpus=num_cpus, **kwargs, **code)
     return ray
 
 
