@@ -88,7 +88,7 @@ def paired_shards(tmp_path_factory, ray_session):
     return out
 
 
-@pytest.mark.slow  # two Ray Train fits: 7.5 min on the loaded 2-core machine (pytest -m slow)
+@pytest.mark.slow  # two Ray Train fits per fold; covered by benchmarks/fusion.py (pytest -m slow)
 @pytest.mark.timeout(1200)
 def test_fused_model_beats_each_branch_on_the_paired_set(paired_shards, tmp_path, ray_session):
     from datasets import shards
