@@ -294,9 +294,9 @@ def _single_joint_count(table) -> int:
     return counts.pop()
 
 
-def _print_failures(failed) -> None:
+def _print_failures(failed, file=sys.stderr) -> None:
     for path, reason in failed:
-        print(f"  skipped {path}: {reason}", file=sys.stderr)
+        print(f"  skipped {path}: {reason}", file=file)
 
 
 def _print_summary(manifest: dict, seconds: float) -> None:
@@ -315,7 +315,7 @@ def _print_summary(manifest: dict, seconds: float) -> None:
     )
     if manifest["skipped"]:
         print("\nskipped items:")
-        _print_failures(manifest["skipped"])
+        _print_failures(manifest["skipped"], file=sys.stdout)
     if manifest["centre_cropped"]:
         print("\nno face found (centre crop used):")
         for p in manifest["centre_cropped"]:
