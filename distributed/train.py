@@ -309,18 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     cols = [c for c in EPOCH_COLUMNS if c in fit.history]
     print(fit.history[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     last = fit.metrics
-    keys = [
-        "epoch",
-        "train_loss",
-        "train_war",
-        "train_uar",
-        "val_loss",
-        "val_war",
-        "val_uar",
-        "best",
-        "best_epoch",
-    ]
-    print(json.dumps({k: last[k] for k in keys if k in last}, indent=2))
+    if "val_uar" in fit.history:
+        print(f"kept: epoch {int(last['best_epoch'])} (best validation {cfg.select_metric.upper()} "
+              f"{last['best']:.3f})")  # fmt: skip
+    else:
+        print(f"kept: the last epoch ({int(last['epoch'])}); no validation split")
     print(f"model: {model_file}")
     return 0
 

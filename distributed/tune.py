@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {args.shards} holds {manifest['kind']} shards, not {args.kind}")
     n_outer = len(manifest["folds"]["outer"])
     outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
-    args.samples = args.samples or (4 if args.smoke else 20)
+    args.samples = args.samples or (3 if args.smoke else 20)
     overrides = dict(SMOKE[args.kind]) if args.smoke else {}
     space = load_space(args.kind, args.space, smoke=args.smoke)
     overrides.update(space.fixed, seed=args.seed)
