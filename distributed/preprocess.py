@@ -294,9 +294,9 @@ def _single_joint_count(table) -> int:
     return counts.pop()
 
 
-def _print_failures(failed, file=sys.stderr) -> None:
+def _print_failures(failed, file=None) -> None:
     for path, reason in failed:
-        print(f"  skipped {path}: {reason}", file=file)
+        print(f"  skipped {path}: {reason}", file=file or sys.stderr)
 
 
 def _print_summary(manifest: dict, seconds: float) -> None:
