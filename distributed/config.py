@@ -13,9 +13,12 @@ class TrainConfig:
 
     Facial fields: clips (C), frames (K), lstm1 (H1), lstm2 (H2), fusion_weight, dropout,
     imagenet_weights (a torchvision ``resnet18`` .pth), normalize (ImageNet mean/std; off =
-    faithful). Gesture fields: representation ("timeline", "timeline_single", "potion"),
-    rep_size (S), rep_length (L), joint_weight ("index" = j+1, faithful; or "one"), width (W),
-    se_reduction. Optimisation: SGD for faces, Adam + StepLR for gestures.
+    faithful), head (the score that predicts and is scored: "fused" = w·p1 + (1-w)·p2 as in the
+    paper, or one head "p1", "p2", "p3"), faithful_loss (the reference's cross-entropy on p1's
+    probabilities; off = negative log-likelihood of p1). Gesture fields: representation
+    ("timeline", "timeline_single", "potion"), rep_size (S), rep_length (L), joint_weight
+    ("index" = j+1, faithful; or "one"), width (W), se_reduction.
+    Optimisation: SGD for faces, Adam + StepLR for gestures.
     """
 
     kind: str = "facial"
@@ -29,6 +32,8 @@ class TrainConfig:
     dropout: float = 0.5
     imagenet_weights: str | None = None
     normalize: bool = False
+    head: str = "fused"
+    faithful_loss: bool = True
     # gesture
     representation: str = "timeline"
     rep_size: int = 64
@@ -45,6 +50,7 @@ class TrainConfig:
     gamma: float = 0.1
     epochs: int = 400
     batch_size: int = 8
+    precise_bn: bool = True  # recompute BatchNorm statistics before validation / saving
     select_metric: str = "uar"  # validation metric that picks the "best" epoch: "uar" or "war"
     seed: int = 0
     amp: bool = True  # mixed precision, used only on GPU
@@ -54,6 +60,9 @@ class TrainConfig:
             raise ValueError(f"kind must be facial or gesture, got {self.kind!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        heads = ("fused", "p1", "p2", "p3") if self.kind == "facial" else ("fused",)
+        if self.head not in heads:
+            raise ValueError(f"head must be one of {heads} for {self.kind}, got {self.head!r}")
         if self.select_metric not in ("uar", "war"):
             raise ValueError(f"select_metric must be uar or war, got {self.select_metric!r}")
         for name in ("clips", "frames", "epochs", "batch_size", "rep_size", "rep_length", "width"):
@@ -100,7 +109,7 @@ GESTURE_DEFAULT = TrainConfig(
 )
 
 SMOKE = {
-    "facial": dict(clips=2, frames=2, lstm1=32, lstm2=16, epochs=2, batch_size=4),
+    "facial": dict(clips=2, frames=2, lstm1=32, lstm2=16, epochs=6, batch_size=4),
     "gesture": dict(rep_size=32, rep_length=48, width=16, se_reduction=4, epochs=3, batch_size=8),
 }
 

@@ -7,8 +7,9 @@ Inputs: facial models take ``(B, C, K, 3, S, S)`` uint8 clips (C, K, S from the 
 preprocessing; build them with ``datasets.clips.sample_clips`` on face crops, as
 ``distributed.predict`` does); gesture models take the representation ``(B, Cin, S, L)`` float32
 (``datasets.representations.build_representation``). Outputs, a tuple: facial
-``(probs, p1, p2, p3, fused)``, gesture ``(probs, logits)``, where ``probs`` is the softmax of the
-fused score (what ``distributed.evaluate`` and ``distributed.predict`` report).
+``(probs, p1, p2, p3, fused)``, gesture ``(probs, logits)``, where ``probs`` are the probabilities
+of the checkpoint's predicting head (``config["head"]``, the fused score by default; what
+``distributed.evaluate`` and ``distributed.predict`` report).
 
 - ``exported`` (default): ``torch.export`` with a dynamic batch dimension, saved with
   ``torch.export.save``; load with ``torch.export.load(FILE).module()``. torch.export specialises
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from datasets import storage
-from distributed.steps import load_model_checkpoint
+from distributed.steps import head_probs, load_model_checkpoint
 
 META = "emovis.json"
 FORMATS = ("exported", "torchscript")
@@ -41,15 +42,15 @@ FORMATS = ("exported", "torchscript")
 class ExportWrapper(nn.Module):
     """A tuple-returning forward around a facial or gesture model (no dicts in the graph)."""
 
-    def __init__(self, model: nn.Module, kind: str):
+    def __init__(self, model: nn.Module, kind: str, head: str = "fused"):
         super().__init__()
-        self.model, self.kind = model, kind
+        self.model, self.kind, self.head = model, kind, head
 
     def forward(self, x: torch.Tensor):
         out = self.model(x)
         if self.kind == "facial":
-            fused = out["fused"]
-            return fused.softmax(dim=1), out["p1"], out["p2"], out["p3"], fused
+            probs = head_probs(out, self.head)
+            return probs, out["p1"], out["p2"], out["p3"], out["fused"]
         return out.softmax(dim=1), out
 
 
@@ -85,14 +86,14 @@ def metadata(blob: dict, fmt: str, shape: tuple[int, ...]) -> dict:
 
 
 @torch.no_grad()
-def export_program(model: nn.Module, kind: str, example: torch.Tensor):
+def export_program(model: nn.Module, kind: str, example: torch.Tensor, head: str = "fused"):
     """``torch.export`` of the wrapped model with a dynamic batch dimension."""
     dims = {
         0: torch.export.Dim.AUTO,
         **{i: torch.export.Dim.STATIC for i in range(1, example.dim())},
     }
     return torch.export.export(
-        ExportWrapper(model, kind).eval(), (example,), dynamic_shapes=(dims,)
+        ExportWrapper(model, kind, head).eval(), (example,), dynamic_shapes=(dims,)
     )
 
 
@@ -106,16 +107,16 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
     meta = metadata(blob, fmt, tuple(example.shape))
     extra = {META: json.dumps(meta)}
     if fmt == "exported":
-        program = export_program(model, cfg.kind, example)
+        program = export_program(model, cfg.kind, example, cfg.head)
         buf = io.BytesIO()
         torch.export.save(program, buf, extra_files=extra)
         storage.atomic_write_bytes(out, buf.getvalue())
     else:
         buf = io.BytesIO()
         try:
+            wrapper = ExportWrapper(model, cfg.kind, cfg.head).eval()
             with torch.no_grad():
-                traced = torch.jit.trace(ExportWrapper(model, cfg.kind).eval(), (example,),
-                                         check_trace=False)  # fmt: skip
+                traced = torch.jit.trace(wrapper, (example,), check_trace=False)
             torch.jit.save(traced, buf, _extra_files=extra)  # Python ops fail here, not above
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
@@ -168,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['kind']} model ({meta['model']}) -> {args.out} [{args.format}]")
     print(f"input {meta['input_dtype']} {meta['input_shape']}; outputs {meta['outputs']}")
     if not args.no_check:
-        model, _, blob = load_model_checkpoint(storage.read_bytes(args.checkpoint), "cpu")
+        model, cfg, blob = load_model_checkpoint(storage.read_bytes(args.checkpoint), "cpu")
         fn, _ = load(args.out)
         x = example_input(blob, args.batch + 1)
         with torch.no_grad():
-            ref = ExportWrapper(model, meta["kind"]).eval()(x)
+            ref = ExportWrapper(model, cfg.kind, cfg.head).eval()(x)
             got = fn(x)
         diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
         print(f"max |eager - exported| on a batch of {x.shape[0]}: {diff:.2e}")

@@ -52,7 +52,7 @@ from distributed.preprocess import (
     process_facial_item,
     process_gesture_item,
 )
-from distributed.steps import load_model_checkpoint, model_inputs, predict_probs
+from distributed.steps import head_probs, load_model_checkpoint, model_inputs, predict_probs
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ class Predictor:
             return [self._prediction(it, p, ()) for it, p in zip(items, probs)]
         x = self._clips_tensor([it.data for it in items], self.clips)  # (B, C, K, 3, S, S)
         feats = self.model.forward_features(x)  # (B, C, 512)
-        probs = self.model.forward_head(feats)["fused"].softmax(dim=1).cpu().numpy()
+        probs = head_probs(self.model.forward_head(feats), self.cfg.head).cpu().numpy()
         if self.timeline_clips != self.clips:
             x = self._clips_tensor([it.data for it in items], self.timeline_clips)
             feats = self.model.forward_features(x)  # (B, N, 512)

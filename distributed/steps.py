@@ -59,7 +59,7 @@ def loss_of(cfg: TrainConfig, outputs: dict[str, torch.Tensor], y: torch.Tensor)
     if cfg.kind == "facial":
         from models.tlstm import joint_loss
 
-        return joint_loss(outputs, y)
+        return joint_loss(outputs, y, faithful=cfg.faithful_loss)
     return F.cross_entropy(outputs["fused"], y)
 
 
@@ -97,21 +97,32 @@ class EpochStats:
             block = v[2 + i * self.k**2 : 2 + (i + 1) * self.k**2]
             self.cms[h] = np.rint(block).astype(np.int64).reshape(self.k, self.k)
 
-    def metrics(self, prefix: str) -> dict[str, float]:
+    def metrics(self, prefix: str, head: str = "fused") -> dict[str, float]:
+        """Loss, WAR and UAR of every head, and ``{prefix}_war/uar`` of the predicting ``head``."""
         m = {f"{prefix}_loss": self.loss_sum / max(self.count, 1), f"{prefix}_n": self.count}
         for h in self.heads:
             m[f"{prefix}_{h}_war"] = war(self.cms[h])
             m[f"{prefix}_{h}_uar"] = uar(self.cms[h])
-        m[f"{prefix}_war"], m[f"{prefix}_uar"] = m[f"{prefix}_fused_war"], m[f"{prefix}_fused_uar"]
+        m[f"{prefix}_war"] = m[f"{prefix}_{head}_war"]
+        m[f"{prefix}_uar"] = m[f"{prefix}_{head}_uar"]
         return m
 
 
 @torch.no_grad()
 def predict_probs(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Fused class scores normalised to probabilities (gesture logits -> softmax)."""
-    # Gesture "fused" is logits; the facial fused score mixes p1 (probabilities) and p2 (logits)
-    # as the paper does. A softmax makes either a distribution without changing the argmax.
-    return forward(cfg, model, x)["fused"].softmax(dim=1)
+    """Class probabilities of the configured head (see :func:`head_probs`)."""
+    return head_probs(forward(cfg, model, x), cfg.head)
+
+
+def head_probs(outputs: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+    """The predicting head's scores as probabilities.
+
+    ``p1`` already holds probabilities (the mean of per-clip softmaxes). ``p2``, ``p3`` and the
+    gesture score are logits. The facial ``fused`` score mixes p1 (probabilities) and p2
+    (logits) as the paper does; a softmax makes it a distribution without changing the argmax.
+    """
+    score = outputs[head]
+    return score if head == "p1" else score.softmax(dim=1)
 
 
 def save_model_checkpoint(

@@ -292,14 +292,16 @@ def prepare_demo_shards(kind: str, smoke: bool) -> str:
     from datasets.synthetic_gesture import write_gesture_set
     from distributed import preprocess
 
+    # Faces: many subjects with few videos each, so that every inner training split holds four
+    # faces (from two, nothing generalises to an unseen face). The names carry the recipe, so a
+    # cache written by another version is not reused.
+    subjects, per_class = (12, 2) if kind == "facial" else (6, 4)
     base = REPO_ROOT / "demo_data"
-    raw = base / "raw" / kind
+    raw = base / "raw" / f"{kind}-{subjects}x{per_class}"
     if not raw.exists() or not any(raw.rglob("*.*")):
-        if kind == "facial":
-            write_facial_set(raw, n_subjects=6, per_class=3, seed=0)
-        else:
-            write_gesture_set(raw, n_subjects=6, per_class=4, seed=0)
-    out = base / "shards" / f"{kind}-s{48 if smoke else 112}"
+        writer = write_facial_set if kind == "facial" else write_gesture_set
+        writer(raw, n_subjects=subjects, per_class=per_class, seed=0)
+    out = base / "shards" / f"{raw.name}-s{48 if smoke else 112}"
     if not (out / shards.MANIFEST).exists():
         argv = [
             kind,
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {args.shards} holds {manifest['kind']} shards, not {args.kind}")
     n_outer = len(manifest["folds"]["outer"])
     outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
-    args.samples = args.samples or (3 if args.smoke else 20)
+    args.samples = args.samples or (4 if args.smoke else 20)
     overrides = dict(SMOKE[args.kind]) if args.smoke else {}
     space = load_space(args.kind, args.space, smoke=args.smoke)
     overrides.update(space.fixed, seed=args.seed)

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from distributed.config import TrainConfig
 from distributed.data import make_collate
@@ -90,6 +91,53 @@ def run_epoch(
     if train:  # training rows are split across workers; every worker scores all validation rows
         stats.all_reduce()
     return stats
+
+
+@torch.no_grad()
+def recompute_bn_stats(cfg, model, shard, device, *, epoch, forbidden=frozenset()) -> int:
+    """Precise BatchNorm: replace the running statistics of every BatchNorm layer by the mean of
+    the batch statistics of one forward pass over this worker's training shard, averaged over
+    workers; returns the number of batches used.
+
+    The running averages (momentum 0.1) trail weights that moved during the epoch; with small
+    batches, few steps per epoch and no pretrained statistics they can be far enough off that the
+    eval-mode model predicts one class while the weights are good. Training is unchanged: only
+    the statistics used in eval mode (validation, the saved model) are recomputed.
+    """
+    import torch.distributed as dist
+
+    net = _unwrap(model)
+    bns = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    net.train()
+    use_amp = device.type == "cuda" and cfg.amp
+    n = 0
+    for batch in shard.iter_torch_batches(
+        batch_size=cfg.batch_size,
+        collate_fn=make_collate(cfg, True, epoch, forbidden),
+        prefetch_batches=2,
+    ):
+        with torch.autocast(device.type, enabled=use_amp):
+            net(model_inputs(cfg, batch, device))
+        n += 1
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # every worker saw a different part of the data: average the statistics, weighted by
+        # batches seen (a worker with an empty shard contributes nothing)
+        weight = torch.tensor([float(n)], device=device)
+        dist.all_reduce(weight)
+        for m in bns:
+            for buf in (m.running_mean, m.running_var):
+                buf.mul_(n)
+                dist.all_reduce(buf)
+                buf.div_(weight.clamp_min(1.0))
+    return n
 
 
 def _state_bytes(obj) -> bytes:
@@ -176,8 +224,14 @@ def train_loop_per_worker(config: dict) -> None:
                 wait=wait,
             )
             sched.step()
-            metrics = {"fold_index": j, "epoch": epoch, **tr.metrics("train")}
+            metrics = {"fold_index": j, "epoch": epoch, **tr.metrics("train", cfg.head)}
             metrics["data_wait_fraction"] = wait[0] / max(time.perf_counter() - t0, 1e-9)
+            last_epoch = epoch == cfg.epochs - 1
+            # eval-mode statistics are needed for validation and for the model of the last epoch
+            if cfg.precise_bn and (val_shard is not None or last_epoch):
+                recompute_bn_stats(
+                    cfg, model, train_shard, device, epoch=epoch, forbidden=forbidden
+                )
             if val_shard is not None:
                 va = run_epoch(
                     cfg,
@@ -190,7 +244,7 @@ def train_loop_per_worker(config: dict) -> None:
                     epoch=epoch,
                     forbidden=forbidden,
                 )
-                metrics.update(va.metrics("val"))
+                metrics.update(va.metrics("val", cfg.head))
                 score = metrics[select]
             else:
                 score = float(epoch)  # no validation split: the last epoch is the model kept
@@ -200,7 +254,6 @@ def train_loop_per_worker(config: dict) -> None:
                 best_state = {
                     k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
                 }
-            last_epoch = epoch == cfg.epochs - 1
             done = fold_results + ([{"best": best, "best_epoch": best_epoch}] if last_epoch else [])
             current = [r["best"] for r in fold_results] + [best]
             metrics.update(
