@@ -109,7 +109,7 @@ GESTURE_DEFAULT = TrainConfig(
 )
 
 SMOKE = {
-    "facial": dict(clips=2, frames=2, lstm1=32, lstm2=16, epochs=6, batch_size=4),
+    "facial": dict(clips=2, frames=2, lstm1=32, lstm2=16, epochs=5, batch_size=4),
     "gesture": dict(rep_size=32, rep_length=48, width=16, se_reduction=4, epochs=3, batch_size=8),
 }
 

@@ -301,7 +301,8 @@ def prepare_demo_shards(kind: str, smoke: bool) -> str:
     if not raw.exists() or not any(raw.rglob("*.*")):
         writer = write_facial_set if kind == "facial" else write_gesture_set
         writer(raw, n_subjects=subjects, per_class=per_class, seed=0)
-    out = base / "shards" / f"{raw.name}-s{48 if smoke else 112}"
+    name = f"{raw.name}-s{48 if smoke else 112}" if kind == "facial" else raw.name
+    out = base / "shards" / name
     if not (out / shards.MANIFEST).exists():
         argv = [
             kind,
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {args.shards} holds {manifest['kind']} shards, not {args.kind}")
     n_outer = len(manifest["folds"]["outer"])
     outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
-    args.samples = args.samples or (4 if args.smoke else 20)
+    args.samples = args.samples or (3 if args.smoke else 20)
     overrides = dict(SMOKE[args.kind]) if args.smoke else {}
     space = load_space(args.kind, args.space, smoke=args.smoke)
     overrides.update(space.fixed, seed=args.seed)
