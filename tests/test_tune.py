@@ -179,3 +179,27 @@ def test_concurrency_plan_keeps_a_cpu_for_data_and_waits_for_autoscaling():
     with pytest.raises(SystemExit, match="plus 1 for data loading"):
         plan_concurrency(1, 1, 0.5, None)
     assert plan_concurrency(0, 1, 1.0, 4, autoscaling=True) == 4  # GPU nodes not up yet
+
+
+@pytest.mark.parametrize("kind", ["facial", "gesture"])
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_point_of_the_built_in_spaces_is_a_valid_config(kind, smoke):
+    """Start points and every choice value build a TrainConfig (a typo fails here, not in a
+    trial hours into a search); the smoke face space searches the predicting head."""
+    from dataclasses import fields
+
+    from distributed.config import SMOKE, TrainConfig, default_config
+    from distributed.search_space import load_space
+
+    space = load_space(kind, smoke=smoke)
+    base = default_config(kind, **(SMOKE[kind] if smoke else {}))
+    assert space.start and all(set(p) == set(space.space) for p in space.start)
+    for point in space.start:
+        TrainConfig(**{**base.to_dict(), **point})
+    for name, spec in space.space.items():
+        assert name in {f.name for f in fields(TrainConfig)}
+        for value in spec.get("choice", []):
+            TrainConfig(**{**base.to_dict(), name: value})
+    if kind == "facial" and smoke:
+        assert set(space.space["head"]["choice"]) == {"fused", "p3"}
+        assert {p["head"] for p in space.start} == {"fused", "p3"}
