@@ -148,3 +148,37 @@ def test_sistcm_learns_frame_order_where_the_baseline_cannot(
     assert best >= 0.9 and late >= 0.75, scores  # and generalises to unseen subjects
     _, b_best, b_late = scores["resnet_tlstm"]
     assert b_best <= 0.7 and b_late <= 0.6, scores  # the order-blind baseline stays at chance
+
+
+def test_train_cli_applies_overrides_prints_the_epochs_and_writes_the_model(
+    gesture_shards, tmp_path, ray_session, capsys
+):
+    """`python -m distributed.train` in-process: --smoke, --epochs and a --config file reach the
+    run; the epoch table, the kept epoch and the model path are printed; the model file says what
+    was trained; a config with an unknown key is refused before any Ray work."""
+    import json
+
+    from distributed import train
+
+    conf = tmp_path / "cfg.json"
+    conf.write_text(json.dumps({"lr": 0.01, "precise_bn": False}))
+    argv = ["gesture", "--shards", gesture_shards, "--fold", "1", "--inner", "0", "--smoke",
+            "--epochs", "2", "--config", str(conf), "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    assert [line.split()[0] for line in lines[header + 1 : header + 3]] == ["0", "1"]
+    assert "val_uar" in lines[header]
+    kept = next(line for line in lines if line.startswith("kept: epoch "))
+    model_file = tmp_path / "runs" / "gesture-fold1-inner0" / "model.pt"
+    assert f"model: {model_file}" in out
+    blob = torch.load(model_file, weights_only=True)
+    assert blob["config"]["lr"] == 0.01 and blob["config"]["epochs"] == 2
+    assert blob["config"]["precise_bn"] is False and blob["config"]["width"] == 16  # smoke
+    assert blob["fold"] == {"outer": 1, "inner": 0}
+    assert int(kept.split()[2]) in (0, 1)
+
+    conf.write_text(json.dumps({"learning_rate": 0.01}))
+    with pytest.raises(ValueError, match="unknown config keys.*learning_rate"):
+        train.main(argv)
