@@ -216,14 +216,15 @@ class NumpyCollate(NumpyBatchCollateFn):
 
 
 def consume(batches) -> tuple[float, int, int, int]:
-    """(seconds, rows, frame bytes, checksum) of one pass; the checksum is order-independent."""
+    """(seconds, rows, frame bytes, checksum) of one pass; the checksum samples the same elements
+    of every row, so it depends neither on the row order nor on where batches are cut."""
     t0 = time.perf_counter()
     rows = nbytes = check = 0
     for b in batches:
         x = b["x"]
         rows += x.shape[0]
         nbytes += x.numel()
-        check += int(x.reshape(-1)[::4099].sum()) + int(b["y"].sum())
+        check += int(x.reshape(x.shape[0], -1)[:, ::4099].sum()) + int(b["y"].sum())
     return time.perf_counter() - t0, rows, nbytes, check
 
 

@@ -2,31 +2,40 @@
 
     .venv/bin/python benchmarks/search.py            # 18-point grid x 8 epochs, TPE+ASHA x 3 seeds
     .venv/bin/python benchmarks/search.py --quick    # 4 epochs, one TPE+ASHA seed
+    .venv/bin/python benchmarks/search.py --protocol epochs   # ASHA rungs every epoch
 
 Task: the synthetic gesture set (``datasets.synthetic_gesture.generate_gestures``), missing
 joints filled as preprocessing does, the representation built once per kind with
 ``datasets.representations.build_representation`` (S = 32, L = 48), the ``accm`` model of
-``models``. Score of a configuration after e epochs: the mean validation UAR over the inner,
-subject-disjoint splits of outer fold 0 (``datasets.folds.nested_splits``, 3 outer x 2 inner),
-every split trained in lock-step, one report per epoch. One trial-epoch = one epoch of one
-configuration on every inner split: the unit of compute.
+``models``, on the inner, subject-disjoint splits of outer fold 0 (``datasets.folds.nested_splits``,
+3 outer x 2 inner). One trial-epoch = one epoch of one configuration on every inner split: the
+unit of compute.
+
+Two protocols (``--protocol``):
+
+- ``folds`` (default; what ``distributed.tune`` does): a trial trains the splits one after the
+  other, E epochs each, and after each split reports the running mean of the splits' best
+  validation UAR; ASHA's time is ``folds_done`` (grace 1 split, factor 2). A configuration's score
+  is the mean best-epoch validation UAR over the splits.
+- ``epochs``: the splits are trained side by side and the mean validation UAR of the current
+  epoch is reported after every epoch; ASHA's time is the epoch (grace 1, factor 2, max E). A
+  configuration's score is the mean UAR after E epochs.
 
 Space: representation {timeline, potion} x ACCM width {8, 16, 32} x Adam lr {3e-4, 3e-3, 3e-2}
-= 18 points. The grid trains all 18 for E epochs (18 E trial-epochs). TPE + ASHA: Ray Tune with
-the real ``OptunaSearch`` (Optuna's TPE sampler, seeded, 5 random start-up trials instead of
+= 18 points. The grid trains all 18 for the full budget (18 E trial-epochs). TPE + ASHA: Ray Tune
+with the real ``OptunaSearch`` (Optuna's TPE sampler, seeded, 5 random start-up trials instead of
 Optuna's default 10, which would be most of an 18-point space) behind a ``ConcurrencyLimiter``
-and ``ASHAScheduler``
-(grace 1 epoch, reduction factor 2, max E), the same space as categorical choices, stopped as soon
-as a trial trained for the full E epochs scores within 1 point (0.01) of the grid's best. Only
-full-budget scores count (the grid's best is a full-budget score too). Target: the trial-epochs
-TPE + ASHA needs <= 35% of the grid's (median over seeds).
+and ``ASHAScheduler``, the same space as categorical choices, stopped as soon as a trial that
+finished its full budget scores within 1 point (0.01) of the grid's best. Only full-budget scores
+count (the grid's best is a full-budget score too). Target: the trial-epochs TPE + ASHA needs
+<= 35% of the grid's (median over seeds).
 
 Both searches run as Ray Tune function trainables (2 at a time, one torch thread each) with a
 plain in-process torch loop: no TorchTrainer per trial here (``distributed.tune`` uses one), whose
 fixed start-up cost would dwarf these tiny trials but is the same for both searches. Training is
 deterministic per configuration, so a configuration scores the same in both searches (checked).
-Compute counts reported epochs; a trial ASHA stops may have begun its next epoch, which is not
-counted. The machine is shared: the load average is printed next to the figures.
+Compute counts what was reported; a trial ASHA stops may have begun its next epoch or split,
+which is not counted. The machine is shared: the load average is printed next to the figures.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,6 +78,7 @@ class SearchBench:
     startup_trials: int = 5  # TPE's random start (Optuna's default, 10, is most of 18 points)
     seeds: tuple[int, ...] = (0, 1, 2)
     concurrency: int = 2
+    protocol: str = "folds"  # "folds": distributed.tune's rungs; "epochs": a rung per epoch
 
     @property
     def grid_size(self) -> int:
@@ -114,8 +124,15 @@ def build_data(cfg: SearchBench) -> dict:
 
 
 def trial(config: dict, data: dict, bench: SearchBench) -> None:
-    """Tune function trainable: train ``config`` on every inner split, report the mean UAR each
-    epoch. Deterministic for a configuration (fixed seeds, one thread, fixed batch order)."""
+    """Tune function trainable: train ``config`` on every inner split. Deterministic for a
+    configuration (fixed seeds, one thread, fixed batch order).
+
+    ``folds`` protocol (what ``distributed.tune`` does): the splits one after the other, E epochs
+    each; after each split, report the running mean of the splits' best validation UAR
+    (``folds_done`` is ASHA's time). ``epochs`` protocol: all splits side by side, report the mean
+    UAR of the current epoch after every epoch (``epoch`` is ASHA's time). Every report carries its
+    ``cost`` in trial-epochs (one epoch on every split) and whether the budget is ``full``.
+    """
     from ray import tune
 
     from distributed.metrics import confusion, uar
@@ -123,8 +140,9 @@ def trial(config: dict, data: dict, bench: SearchBench) -> None:
 
     torch.set_num_threads(1)
     x, y = data["x"][config["representation"]], data["y"]
-    states = []
-    for j in range(len(data["splits"])):
+    n = len(data["splits"])
+
+    def make(j):
         torch.manual_seed(1000 + j)
         model = build_model(
             "accm",
@@ -133,25 +151,40 @@ def trial(config: dict, data: dict, bench: SearchBench) -> None:
             width=config["width"],
             se_reduction=bench.se_reduction,
         )
-        states.append((model, torch.optim.Adam(model.parameters(), lr=config["lr"])))
+        return model, torch.optim.Adam(model.parameters(), lr=config["lr"])
+
+    def epoch_score(j, epoch, model, opt) -> float:
+        train, val = data["splits"][j]
+        order = train[torch.from_numpy(np.random.default_rng([j, epoch]).permutation(len(train)))]
+        model.train()
+        for start in range(0, len(order), bench.batch_size):
+            idx = order[start : start + bench.batch_size]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            pred = model(x[val]).argmax(1)
+        return uar(confusion(y[val].numpy(), pred.numpy(), data["classes"]))
+
+    if bench.protocol == "folds":
+        bests = []
+        for j in range(n):
+            model, opt = make(j)
+            bests.append(max(epoch_score(j, e, model, opt) for e in range(bench.epochs)))
+            tune.report(
+                {METRIC: float(np.mean(bests)), "folds_done": j + 1, "cost": bench.epochs / n,
+                 "full": j + 1 == n, "wall": time.time()}
+            )  # fmt: skip
+        return
+    states = [make(j) for j in range(n)]
     for epoch in range(bench.epochs):
-        scores = []
-        for j, ((train, val), (model, opt)) in enumerate(zip(data["splits"], states)):
-            order = train[
-                torch.from_numpy(np.random.default_rng([j, epoch]).permutation(len(train)))
-            ]
-            model.train()
-            for start in range(0, len(order), bench.batch_size):
-                idx = order[start : start + bench.batch_size]
-                loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            model.eval()
-            with torch.no_grad():
-                pred = model(x[val]).argmax(1)
-            scores.append(uar(confusion(y[val].numpy(), pred.numpy(), data["classes"])))
-        tune.report({METRIC: float(np.mean(scores)), "epoch": epoch + 1, "wall": time.time()})
+        scores = [epoch_score(j, epoch, *states[j]) for j in range(n)]
+        tune.report(
+            {METRIC: float(np.mean(scores)), "epoch": epoch + 1, "cost": 1.0,
+             "full": epoch + 1 == bench.epochs, "wall": time.time()}
+        )  # fmt: skip
 
 
 def _space(cfg: SearchBench, grid: bool) -> dict:
@@ -183,7 +216,7 @@ def run_search(cfg, data, scratch: Path, name: str, seed: int | None, target: fl
             self.hit = False
 
         def __call__(self, trial_id, result):
-            if target is not None and result["epoch"] == cfg.epochs and result[METRIC] >= target:
+            if target is not None and result["full"] and result[METRIC] >= target:
                 self.hit = True
             return False
 
@@ -210,7 +243,10 @@ def run_search(cfg, data, scratch: Path, name: str, seed: int | None, target: fl
             num_samples=cfg.tpe_samples,
             search_alg=searcher,
             scheduler=ASHAScheduler(
-                time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2
+                time_attr="folds_done" if cfg.protocol == "folds" else "epoch",
+                max_t=len(data["splits"]) if cfg.protocol == "folds" else cfg.epochs,
+                grace_period=1,
+                reduction_factor=2,
             ),
         )
     tuner = tune.Tuner(
@@ -235,7 +271,8 @@ def run_search(cfg, data, scratch: Path, name: str, seed: int | None, target: fl
             reports.append(
                 {
                     "wall": row["wall"],
-                    "epoch": int(row["epoch"]),
+                    "cost": float(row["cost"]),
+                    "full": bool(row["full"]),
                     "score": row[METRIC],
                     "config": _key(r.config),
                     "trial": r.path,
@@ -245,10 +282,12 @@ def run_search(cfg, data, scratch: Path, name: str, seed: int | None, target: fl
     return reports, wall
 
 
-def crossing(reports: list[dict], epochs: int, target: float, full_only: bool = True):
+def crossing(reports: list[dict], target: float, full_only: bool = True):
     """(trial-epochs spent when a score first reaches ``target``, that report), or (None, None)."""
-    for spent, rep in enumerate(reports, start=1):
-        if rep["score"] >= target and (rep["epoch"] == epochs or not full_only):
+    spent = 0.0
+    for rep in reports:
+        spent += rep["cost"]
+        if rep["score"] >= target and (rep["full"] or not full_only):
             return spent, rep
     return None, None
 
@@ -259,8 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer epochs, one TPE seed")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--protocol",
+        choices=["folds", "epochs"],
+        default="folds",
+        help="ASHA rungs: whole inner folds, as distributed.tune (default), or single epochs",
+    )
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = replace(QUICK if args.quick else FULL, protocol=args.protocol)
     print(f"search benchmark {'(quick)' if args.quick else ''}: {cfg}")
     print(f"start: {_util.machine_load()}")
     with _util.scratch_dir(args.keep) as scratch:
@@ -270,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             grid_reports, grid_wall = run_search(cfg, data, scratch, "grid", None, None)
             load_grid = _util.machine_load()
-            final = {r["config"]: r["score"] for r in grid_reports if r["epoch"] == cfg.epochs}
+            final = {r["config"]: r["score"] for r in grid_reports if r["full"]}
             best = max(final.values())
             target = best - TOLERANCE + 1e-9
             tpe = []
@@ -284,18 +329,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(cfg, grid_reports, grid_wall, load_grid, final, best, target, tpe) -> int:
     """Print the grid, each TPE+ASHA run and the ratios."""
-    grid_cost = len(grid_reports)
-    if grid_cost != cfg.grid_size * cfg.epochs:
+    grid_cost = sum(r["cost"] for r in grid_reports)
+    if abs(grid_cost - cfg.grid_size * cfg.epochs) > 1e-6:
         raise RuntimeError(
             f"the grid reported {grid_cost} epochs, not {cfg.grid_size * cfg.epochs}"
         )
     print(
-        f"\ngrid: {cfg.grid_size} points x {cfg.epochs} epochs = {grid_cost} trial-epochs, "
+        f"\ngrid: {cfg.grid_size} points x {cfg.epochs} epochs = {grid_cost:.0f} trial-epochs, "
         f"{grid_wall:.0f} s ({load_grid})"
     )
     print_table(
         [(*k, f"{v:.3f}") for k, v in sorted(final.items(), key=lambda kv: -kv[1])],
-        ("representation", "width", "lr", f"{METRIC} @ {cfg.epochs} epochs"),
+        ("representation", "width", "lr", f"{METRIC} @ {cfg.epochs} epochs ({cfg.protocol})"),
     )
     good = sum(v >= target for v in final.values())
     n = len(final)
@@ -308,11 +353,11 @@ def report(cfg, grid_reports, grid_wall, load_grid, final, best, target, tpe) ->
 
     rows, ratios, mismatch = [], [], 0.0
     for seed, reports, wall, load in tpe:
-        spent, rep = crossing(reports, cfg.epochs, target)
-        any_spent, _ = crossing(reports, cfg.epochs, target, full_only=False)
+        spent, rep = crossing(reports, target)
+        any_spent, _ = crossing(reports, target, full_only=False)
         trials = len({r["trial"] for r in reports})
         distinct = len({r["config"] for r in reports})
-        full = [r for r in reports if r["epoch"] == cfg.epochs]
+        full = [r for r in reports if r["full"]]
         for r in full:  # the same configuration must score the same in both searches
             mismatch = max(mismatch, abs(r["score"] - final[r["config"]]))
         ratio = spent / grid_cost if spent else float("nan")
@@ -320,9 +365,9 @@ def report(cfg, grid_reports, grid_wall, load_grid, final, best, target, tpe) ->
         rows.append(
             (
                 seed,
-                spent if spent else f"not within {len(reports)}",
+                f"{spent:g}" if spent else f"not within {sum(r['cost'] for r in reports):g}",
                 f"{ratio:.0%}" if spent else "-",
-                any_spent or "-",
+                f"{any_spent:g}" if any_spent else "-",
                 f"{rep['score']:.3f} {rep['config']}" if rep else "-",
                 f"{trials} / {distinct} / {len(full)}",
                 f"{wall:.0f}",
@@ -330,7 +375,7 @@ def report(cfg, grid_reports, grid_wall, load_grid, final, best, target, tpe) ->
             )
         )
     print(
-        f"\nTPE + ASHA (OptunaSearch + ASHAScheduler, grace 1, factor 2, max {cfg.epochs}), "
+        f"\nTPE + ASHA (OptunaSearch + ASHAScheduler on {cfg.protocol}, grace 1, factor 2), "
         f"stopped at the first full-budget score >= grid best - {TOLERANCE}"
     )
     print_table(
@@ -339,14 +384,14 @@ def report(cfg, grid_reports, grid_wall, load_grid, final, best, target, tpe) ->
             "seed",
             "trial-epochs",
             "of grid",
-            "(any epoch)",
+            "(any report)",
             "score, config",
             "trials/configs/full",
             "wall s",
             "load",
         ),
     )
-    print("(any epoch): trial-epochs until any report, also an ASHA-stopped trial's, reached it;")
+    print("(any report): trial-epochs until any report, also an ASHA-stopped trial's, reached it;")
     print("trials/configs/full: trials run, distinct configurations, trials run to the full budget")
     print(f"determinism check: max |TPE score - grid score| for the same config = {mismatch:.4f}")
     med = _util.median(ratios)

@@ -51,9 +51,24 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         in_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         ray.init(address=address, **kwargs, **({} if in_submitted_job else code))
     else:
-        # address="local": never attach to a stale cluster by accident
-        ray.init(address="local", num_cpus=num_cpus, **kwargs, **code)
+        # address="local": never attach to a stale cluster by accident. The dashboard port is
+        # chosen here and given to every worker as RAY_API_SERVER_ADDRESS: Ray's state API
+        # (which Ray Train's placement-group cleaner uses to see that a stopped trial's
+        # controller died) otherwise looks the instance up by scanning the machine's processes
+        # and fails when another Ray instance runs there; the stopped trial's placement group
+        # would then never be released.
+        port = _free_port()
+        code["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", num_cpus=num_cpus, dashboard_port=port, **kwargs, **code)
     return ray
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cluster_cpus() -> float:

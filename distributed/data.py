@@ -56,9 +56,7 @@ def fold_dataset(root: str, kind: str, ids: list[str]):
         raise ValueError(f"{root}: empty fold")
     # Small CPU shares for the data tasks: next to fractional-CPU Train workers on a small machine,
     # 1-CPU read tasks can find no slot and the run hangs silently (see README, 2-CPU machines).
-    ds = ray.data.read_parquet(
-        shards.shard_files(root), columns=COLUMNS[kind], ray_remote_args={"num_cpus": DATA_CPUS}
-    )
+    ds = ray.data.read_parquet(shards.shard_files(root), columns=COLUMNS[kind], num_cpus=DATA_CPUS)
     return ds.map_batches(
         _KeepIds(ids), batch_format="pyarrow", batch_size=None, num_cpus=DATA_CPUS
     )

@@ -232,6 +232,40 @@ def test_jobs_api_refuses_requests_without_the_token(token_head):
 
 
 @pytest.mark.timeout(900)
+def test_state_api_finds_our_instance_next_to_another_one(token_head, ray_session):
+    """Ray Train's placement-group cleaner asks Ray's state API whether a stopped trial's
+    controller is dead. With a second Ray instance on the machine (the token head here) the API
+    cannot pick one by scanning processes; init_ray hands our workers the address instead."""
+    import ray
+    from ray._private.services import find_gcs_addresses
+
+    assert len(find_gcs_addresses()) >= 2  # the failing condition is really present
+
+    @ray.remote(num_cpus=0)
+    class Alive:
+        def ping(self):
+            return 1
+
+    actor = Alive.remote()
+    ray.get(actor.ping.remote())
+    actor_id = actor._actor_id.hex()
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def actor_state(aid):
+        from ray.util.state import get_actor
+
+        try:
+            return get_actor(aid, timeout=30).state
+        except Exception as e:  # noqa: BLE001 - the message is the result here
+            return f"{type(e).__name__}: {e}"
+
+    assert ray.get(actor_state.remote(actor_id), timeout=120) == "ALIVE"
+    # control: without the address Ray's own lookup fails exactly as the cleaner did
+    blind = actor_state.options(runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": ""}})
+    assert "multiple active Ray instances" in ray.get(blind.remote(actor_id), timeout=120)
+    ray.kill(actor)
+
+
 def test_job_submission_runs_the_smoke_tune(token_head, gesture_shards):
     """`ray job submit --working-dir <repo>` of the smoke tune, with shards and results on
     ``file://`` URIs, completes; the uploaded package holds the code but not the venv."""
