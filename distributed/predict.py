@@ -9,9 +9,10 @@ and how its training data was preprocessed (``blob["preprocessing"]``: face dete
 detection interval, margin, clips C and frames K; or the joint representation); exactly that
 preprocessing is redone here, with the same functions the shard job used.
 
-Per item: the predicted class, the class probabilities (softmax of the model's fused score, as
-``distributed.evaluate`` computes them) and, for faces, a timeline: the per-clip probabilities of
-the TLSTM clip stream (softmax(clip_fc(clip feature))) with each clip's frame range and time.
+Per item: the predicted class, the class probabilities (of the checkpoint's predicting head,
+the fused score by default, as ``distributed.evaluate`` computes them) and, for faces, a
+timeline: the per-clip probabilities of the TLSTM clip stream (softmax(clip_fc(clip feature)))
+with each clip's frame range and time.
 ``--clips N`` recomputes the timeline with N clips (finer); the prediction itself always uses the
 checkpoint's C, so it matches evaluation. Gesture models have no clip stream: empty timeline.
 
