@@ -49,7 +49,7 @@ def main() -> None:
                     "--inner-folds", "2", *extra]  # fmt: skip
             assert preprocess.main(argv) == 0
         facial = default_config("facial", model="resnet_tlstm", clips=2, frames=2, lstm1=16,
-                                lstm2=8, dropout=0.0, fusion_weight=1.0, lr=0.05, batch_size=8,
+                                lstm2=8, dropout=0.0, head="p3", lr=0.05, batch_size=8,
                                 epochs=args.epochs)  # fmt: skip
         gesture = default_config("gesture", rep_size=32, rep_length=48, width=16, se_reduction=4,
                                  batch_size=8, lr=1e-2, epochs=args.epochs)  # fmt: skip
