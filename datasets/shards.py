@@ -1,8 +1,9 @@
 """The shard schema: the one contract between preprocessing and training.
 
-A shard folder holds ``shard-NNNNN.parquet`` files and a ``manifest.json``. Each Parquet row is
-one video (facial) or one joint sequence (gesture). Array payloads are stored as raw bytes in a
-``large_binary`` column next to explicit shape columns, not as Arrow tensor columns: Parquet
+A shard folder holds ``shard-NNNNN.parquet`` files and a ``manifest.json`` (see
+``datasets.manifest``). Each Parquet row is one video (facial) or one joint sequence (gesture).
+Array payloads are stored as raw bytes in a ``large_binary`` column next to explicit shape
+columns, not as Arrow tensor columns: Parquet
 stores tensor columns as repeated lists, which decode 3-10x slower (measured in
 ``benchmarks/pipeline.py``). :func:`facial_frames` / :func:`gesture_arrays` turn a row (from
 pyarrow, or from a Ray Data numpy batch) back into numpy arrays without copying.
@@ -15,7 +16,6 @@ source. Gesture row: id, subject, label, label_name, n_frames, n_joints, dims, j
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 from datasets.storage import atomic_write_bytes, join, list_files, read_bytes
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:05d}.parquet"
 
 FACIAL_SCHEMA = pa.schema(
@@ -43,7 +42,7 @@ FACIAL_SCHEMA = pa.schema(
         ("centre_cropped", pa.bool_()),
         ("source", pa.string()),
     ],
-    metadata={"emovis.schema_version": str(SCHEMA_VERSION), "emovis.kind": "facial"},
+    metadata={"emovis.schema_version": str(SCHEMA_VERSION), "emovis.rows": "video"},
 )
 
 GESTURE_SCHEMA = pa.schema(
@@ -60,10 +59,8 @@ GESTURE_SCHEMA = pa.schema(
         ("layout", pa.string()),
         ("source", pa.string()),
     ],
-    metadata={"emovis.schema_version": str(SCHEMA_VERSION), "emovis.kind": "gesture"},
+    metadata={"emovis.schema_version": str(SCHEMA_VERSION), "emovis.rows": "joint-sequence"},
 )
-
-SCHEMAS = {"facial": FACIAL_SCHEMA, "gesture": GESTURE_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -182,24 +179,3 @@ def read_table(root: str, columns: Iterable[str] | None = None) -> pa.Table:
     return pa.concat_tables(
         pq.read_table(pa.BufferReader(read_bytes(f)), columns=cols) for f in files
     )
-
-
-def write_manifest(root: str, manifest: dict) -> None:
-    """Write ``manifest.json`` atomically; the schema version is always included."""
-    body = {"schema_version": SCHEMA_VERSION, **manifest}
-    atomic_write_bytes(join(root, MANIFEST), json.dumps(body, indent=2, sort_keys=True).encode())
-
-
-def read_manifest(root: str) -> dict:
-    """Read and check ``manifest.json`` of a shard folder."""
-    path = join(root, MANIFEST)
-    try:
-        manifest = json.loads(read_bytes(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no manifest; run `python -m distributed.preprocess` first"
-        ) from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {version}, this code reads {SCHEMA_VERSION}")
-    return manifest

@@ -1,47 +1,42 @@
-"""One frozen training configuration for both branches, with the paper's defaults."""
+"""The training configuration: optimisation fields plus the branch's typed model config.
+
+``TrainConfig.model`` is the branch's frozen model/data configuration (``FacialModelConfig``,
+``GestureModelConfig``); it is the one source of C, K, S, L, depth and head wherever a model is
+built, trained, evaluated, predicted with or exported, and checkpoints store it as it is (with a
+schema version). Overrides (``--config`` files, search spaces) are flat: ``{"lr": 0.01,
+"frames": 3, "model": "resnet_tlstm"}`` — each key is a field of :class:`TrainConfig` or of the
+branch's model config (``model`` names the network); an unknown key fails loudly, naming it.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+
+from branches import get_branch
+
+CONFIG_SCHEMA = 2
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key (and the file)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs besides the data. Defaults are the paper's (§1.3, §2.5).
+    """Everything a training run needs besides the data.
 
-    Facial fields: clips (C), frames (K), lstm1 (H1), lstm2 (H2), fusion_weight, dropout,
-    imagenet_weights (a torchvision ``resnet18`` .pth), normalize (ImageNet mean/std; off =
-    faithful), head (the score that predicts and is scored: "fused" = w·p1 + (1-w)·p2 as in the
-    paper, or one head "p1", "p2", "p3"), faithful_loss (the reference's cross-entropy on p1's
-    probabilities; off = negative log-likelihood of p1). Gesture fields: representation
-    ("timeline", "timeline_single", "potion"), rep_size (S), rep_length (L), joint_weight
-    ("index" = j+1, faithful; or "one"), width (W), se_reduction.
-    Optimisation: SGD for faces, Adam + StepLR for gestures.
+    Optimisation: ``optimizer`` "sgd" (faces, the paper) or "adam" (bodies, the paper, with
+    StepLR(step_size, gamma)); ``precise_bn`` recomputes BatchNorm statistics on the training
+    split before each validation and before the model is saved; ``select_metric`` ("uar" or
+    "war") picks the best epoch on validation; ``amp`` is used on GPU only.
     """
 
-    kind: str = "facial"
-    model: str = "sistcm"
-    # facial
-    clips: int = 5
-    frames: int = 2
-    lstm1: int = 1024
-    lstm2: int = 512
-    fusion_weight: float = 0.2
-    dropout: float = 0.5
-    imagenet_weights: str | None = None
-    normalize: bool = False
-    head: str = "fused"
-    faithful_loss: bool = True
-    # gesture
-    representation: str = "timeline"
-    rep_size: int = 64
-    rep_length: int = 300
-    joint_weight: str = "index"
-    width: int = 128
-    se_reduction: int = 16
-    # optimisation
+    branch: str
+    model: object
     optimizer: str = "sgd"
     lr: float = 0.005
     momentum: float = 0.9
@@ -50,88 +45,140 @@ class TrainConfig:
     gamma: float = 0.1
     epochs: int = 400
     batch_size: int = 8
-    precise_bn: bool = True  # recompute BatchNorm statistics before validation / saving
-    select_metric: str = "uar"  # validation metric that picks the "best" epoch: "uar" or "war"
+    precise_bn: bool = True
+    select_metric: str = "uar"
     seed: int = 0
-    amp: bool = True  # mixed precision, used only on GPU
+    amp: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in ("facial", "gesture"):
-            raise ValueError(f"kind must be facial or gesture, got {self.kind!r}")
+        b = get_branch(self.branch)
+        if not isinstance(self.model, b.config_type):
+            raise ConfigError(f"model must be a {b.config_type.__name__}, got {self.model!r}")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
-        heads = ("fused", "p1", "p2", "p3") if self.kind == "facial" else ("fused",)
-        if self.head not in heads:
-            raise ValueError(f"head must be one of {heads} for {self.kind}, got {self.head!r}")
+            raise ConfigError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
         if self.select_metric not in ("uar", "war"):
-            raise ValueError(f"select_metric must be uar or war, got {self.select_metric!r}")
-        for name in ("clips", "frames", "epochs", "batch_size", "rep_size", "rep_length", "width"):
+            raise ConfigError(f"select_metric must be uar or war, got {self.select_metric!r}")
+        for name in ("epochs", "batch_size", "step_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
+    @property
+    def head(self) -> str:
+        """The predicting head (held by the model config)."""
+        return self.model.head
+
+    # ------------------------------------------------------------ flat view
+    def flat(self) -> dict:
+        """One flat dict (model config fields, ``model`` = the network's name) for reports."""
+        net = asdict(self.model)
+        net["model"] = net.pop("name")
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        return {**own, **net}
+
+    def override(self, where: str = "config", **flat) -> TrainConfig:
+        """A copy with flat overrides routed to this config or to the model config."""
+        if not flat:
+            return self
+        check_keys(self.branch, flat, where)
+        own = {f.name for f in fields(self)} - {"branch", "model"}
+        mine = {k: v for k, v in flat.items() if k in own}
+        net = {("name" if k == "model" else k): v for k, v in flat.items() if k not in own}
+        try:
+            return replace(self, model=replace(self.model, **net), **mine)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+    # ------------------------------------------------------------ storage
     def to_dict(self) -> dict:
-        return asdict(self)
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
+        body["model"] = asdict(self.model)
+        return {"schema": CONFIG_SCHEMA, **body}
 
-    def model_kwargs(self, num_classes: int, num_joints: int | None = None) -> dict:
-        """Arguments for :func:`models.build_model` (stored in checkpoints)."""
-        if self.kind == "facial":
-            return {
-                "num_classes": num_classes,
-                "clips": self.clips,
-                "frames": self.frames,
-                "lstm1": self.lstm1,
-                "lstm2": self.lstm2,
-                "fusion_weight": self.fusion_weight,
-                "dropout": self.dropout,
-                "normalize": self.normalize,
-            }
-        from datasets.representations import representation_channels
-
-        kwargs = {
-            "num_classes": num_classes,
-            "in_channels": representation_channels(self.representation, num_joints),
-            "width": self.width,
-        }
-        if self.model == "accm":
-            kwargs["se_reduction"] = self.se_reduction
-        return kwargs
-
-
-FACIAL_DEFAULT = TrainConfig()
-GESTURE_DEFAULT = TrainConfig(
-    kind="gesture",
-    model="accm",
-    optimizer="adam",
-    lr=1e-3,
-    weight_decay=0.0,
-    epochs=200,
-    batch_size=16,
-)
-
-SMOKE = {
-    "facial": dict(clips=2, frames=2, lstm1=32, lstm2=16, epochs=5, batch_size=4),
-    "gesture": dict(rep_size=32, rep_length=48, width=16, se_reduction=4, epochs=3, batch_size=8),
-}
+    @classmethod
+    def from_dict(cls, obj: dict, where: str = "config") -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys fail, naming the key and ``where``."""
+        obj = dict(obj)
+        schema = obj.pop("schema", None)
+        if schema != CONFIG_SCHEMA:
+            raise ConfigError(f"{where}: config schema {schema!r}, this code reads {CONFIG_SCHEMA}")
+        b = get_branch(obj.get("branch", ""))
+        known = {f.name for f in fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown config keys {sorted(unknown)}")
+        net = dict(obj.pop("model"))
+        net_known = {f.name for f in fields(b.config_type)}
+        if set(net) - net_known:
+            raise ConfigError(f"{where}: unknown model config keys {sorted(set(net) - net_known)}")
+        try:
+            return cls(model=b.config_type(**net), **obj)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
-def default_config(kind: str, **overrides) -> TrainConfig:
-    base = FACIAL_DEFAULT if kind == "facial" else GESTURE_DEFAULT
-    return replace(base, **overrides)
+def flat_keys(branch: str) -> set[str]:
+    """Every key a flat override may name for ``branch``."""
+    b = get_branch(branch)
+    own = {f.name for f in fields(TrainConfig)} - {"branch", "model"}
+    return own | ({f.name for f in fields(b.config_type)} - {"name"}) | {"model"}
 
 
-def load_overrides(path: str | None) -> dict:
-    """Overrides from a JSON or YAML file (keys are :class:`TrainConfig` field names)."""
+def check_keys(branch: str, keys, where: str) -> None:
+    unknown = set(keys) - flat_keys(branch)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown config keys {sorted(unknown)}; known: {sorted(flat_keys(branch))}"
+        )
+
+
+def default_config(branch: str, **overrides) -> TrainConfig:
+    """The paper's configuration of ``branch``, with flat overrides."""
+    b = get_branch(branch)
+    base = TrainConfig(branch=b.name, model=b.config_type(), **b.train_defaults)
+    return base.override(**overrides)
+
+
+def read_mapping(path: str) -> dict:
+    """A JSON or YAML file holding one mapping (numbers such as ``1e-4`` read as numbers)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.load(text, Loader=_yaml_loader()) or {}
+        else:
+            data = json.loads(text)
+    except Exception as err:  # yaml.YAMLError / json.JSONDecodeError: say which file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{path}: not valid {'YAML' if path.endswith(('yaml', 'yml')) else 'JSON'} ({first})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_overrides(path: str | None, branch: str) -> dict:
+    """Flat overrides from a JSON or YAML file, checked against ``branch``'s keys."""
     if not path:
         return {}
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+    data = read_mapping(path)
+    check_keys(branch, data, path)
     return data
+
+
+@functools.cache
+def _yaml_loader():
+    """PyYAML's SafeLoader reads ``1e-4`` as a string (YAML 1.1 wants ``1.0e-4``); this loader
+    also reads exponent spellings without a dot as floats."""
+    import yaml
+
+    class NumberLoader(yaml.SafeLoader):
+        pass
+
+    pattern = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$")
+    NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", pattern, list("-+0123456789."))
+    return NumberLoader

@@ -3,13 +3,14 @@
     python -m distributed.export --checkpoint CKPT --out FILE [--format exported|torchscript]
         [--batch 2]
 
-Inputs: facial models take ``(B, C, K, 3, S, S)`` uint8 clips (C, K, S from the checkpoint's
-preprocessing; build them with ``datasets.clips.sample_clips`` on face crops, as
-``distributed.predict`` does); gesture models take the representation ``(B, Cin, S, L)`` float32
-(``datasets.representations.build_representation``). Outputs, a tuple: facial
-``(probs, p1, p2, p3, fused)``, gesture ``(probs, logits)``, where ``probs`` are the probabilities
-of the checkpoint's predicting head (``config["head"]``, the fused score by default; what
-``distributed.evaluate`` and ``distributed.predict`` report).
+Inputs are what the branch's model takes (the branch builds the example): facial models take
+``(B, C, K, 3, S, S)`` uint8 clips (C, K from the checkpoint's model config, S its crop size;
+build them with ``datasets.clips.sample_clips`` on face crops, as prediction does); gesture
+models take the representation ``(B, Cin, S, L)`` float32
+(``datasets.representations.build_representation``). Outputs, a tuple: ``probs`` (the
+probabilities of the checkpoint's predicting head, what ``distributed.evaluate`` and
+``distributed.predict`` report), then every head's raw score in the branch's order: facial
+``(probs, p1, p2, p3, fused)``, gesture ``(probs, fused)`` (the logits).
 
 - ``exported`` (default): ``torch.export`` with a dynamic batch dimension, saved with
   ``torch.export.save``; load with ``torch.export.load(FILE).module()``. torch.export specialises
@@ -32,68 +33,61 @@ import sys
 import torch
 from torch import nn
 
+from branches import get_branch
 from datasets import storage
-from distributed.steps import head_probs, load_model_checkpoint
+from distributed import cli
+from distributed.checkpoint import ModelFile, load_model
+from distributed.steps import head_probs
 
 META = "emovis.json"
 FORMATS = ("exported", "torchscript")
 
 
 class ExportWrapper(nn.Module):
-    """A tuple-returning forward around a facial or gesture model (no dicts in the graph)."""
+    """A tuple-returning forward around a branch's model (no dicts in the graph): the predicting
+    head's probabilities, then every head's raw score."""
 
-    def __init__(self, model: nn.Module, kind: str, head: str = "fused"):
+    def __init__(self, model: nn.Module, branch: str, head: str = "fused"):
         super().__init__()
-        self.model, self.kind, self.head = model, kind, head
+        self.model, self.head = model, head
+        self.branch = get_branch(branch)
 
     def forward(self, x: torch.Tensor):
-        out = self.model(x)
-        if self.kind == "facial":
-            probs = head_probs(out, self.head)
-            return probs, out["p1"], out["p2"], out["p3"], out["fused"]
-        return out.softmax(dim=1), out
+        out = self.branch.outputs(self.model(x))
+        return (head_probs(out, self.head), *(out[h] for h in self.branch.heads))
 
 
-def example_input(blob: dict, batch: int = 2) -> torch.Tensor:
+def example_input(mf: ModelFile, batch: int = 2) -> torch.Tensor:
     """A random input of the checkpoint's shape (batch ``batch``)."""
-    pre, cfg, kw = blob["preprocessing"], blob["config"], blob["model_kwargs"]
-    g = torch.Generator().manual_seed(0)
-    if cfg["kind"] == "facial":
-        c, k, s = pre.get("clips", cfg["clips"]), pre.get("frames", cfg["frames"]), pre["size"]
-        return torch.randint(0, 256, (batch, c, k, 3, s, s), dtype=torch.uint8, generator=g)
-    size, length = pre.get("rep_size", cfg["rep_size"]), pre.get("rep_length", cfg["rep_length"])
-    rep = pre.get("representation", cfg["representation"])
-    shape = (size, size) if rep == "potion" else (size, length)
-    return torch.rand((batch, kw["in_channels"], *shape), generator=g)
+    return mf.branch.example_input(mf.config.model, mf.data, batch)
 
 
-def metadata(blob: dict, fmt: str, shape: tuple[int, ...]) -> dict:
-    kind = blob["config"]["kind"]
-    outputs = ["probs", "p1", "p2", "p3", "fused"] if kind == "facial" else ["probs", "logits"]
+def metadata(mf: ModelFile, fmt: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
     return {
         "format": fmt,
-        "kind": kind,
-        "model": blob["model"],
-        "class_names": blob["class_names"],
-        "preprocessing": blob["preprocessing"],
+        "kind": mf.config.branch,
+        "model": mf.config.model.name,
+        "class_names": list(mf.classes),
+        "preprocessing": mf.data.options,
+        "config": mf.config.flat(),
         "input_shape": ["B", *shape[1:]],
-        "input_dtype": "uint8" if kind == "facial" else "float32",
-        "outputs": outputs,
+        "input_dtype": str(dtype).replace("torch.", ""),
+        "outputs": ["probs", *mf.branch.export_names],
         "min_batch": 2 if fmt == "exported" else 1,
-        "git_commit": blob.get("git_commit"),
-        "fold": blob.get("fold"),
+        "git_commit": mf.git_commit,
+        "trained_on": mf.trained_on.to_json(),
     }
 
 
 @torch.no_grad()
-def export_program(model: nn.Module, kind: str, example: torch.Tensor, head: str = "fused"):
+def export_program(model: nn.Module, branch: str, example: torch.Tensor, head: str = "fused"):
     """``torch.export`` of the wrapped model with a dynamic batch dimension."""
     dims = {
         0: torch.export.Dim.AUTO,
         **{i: torch.export.Dim.STATIC for i in range(1, example.dim())},
     }
     return torch.export.export(
-        ExportWrapper(model, kind, head).eval(), (example,), dynamic_shapes=(dims,)
+        ExportWrapper(model, branch, head).eval(), (example,), dynamic_shapes=(dims,)
     )
 
 
@@ -102,26 +96,27 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     data = checkpoint if isinstance(checkpoint, bytes) else storage.read_bytes(str(checkpoint))
-    model, cfg, blob = load_model_checkpoint(data, "cpu")
-    example = example_input(blob, max(batch, 2))
-    meta = metadata(blob, fmt, tuple(example.shape))
+    mf = load_model(data, "cpu", name=None if isinstance(checkpoint, bytes) else str(checkpoint))
+    model, cfg = mf.model, mf.config
+    example = example_input(mf, max(batch, 2))
+    meta = metadata(mf, fmt, tuple(example.shape), example.dtype)
     extra = {META: json.dumps(meta)}
     if fmt == "exported":
-        program = export_program(model, cfg.kind, example, cfg.head)
+        program = export_program(model, cfg.branch, example, cfg.head)
         buf = io.BytesIO()
         torch.export.save(program, buf, extra_files=extra)
         storage.atomic_write_bytes(out, buf.getvalue())
     else:
         buf = io.BytesIO()
         try:
-            wrapper = ExportWrapper(model, cfg.kind, cfg.head).eval()
+            wrapper = ExportWrapper(model, cfg.branch, cfg.head).eval()
             with torch.no_grad():
                 traced = torch.jit.trace(wrapper, (example,), check_trace=False)
             torch.jit.save(traced, buf, _extra_files=extra)  # Python ops fail here, not above
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
-            raise ValueError(
-                f"{blob['model']} cannot be saved as TorchScript ({first}); use --format exported"
+            raise cli.UsageError(
+                f"{cfg.model.name} cannot be saved as TorchScript ({first}); use --format exported"
             ) from None
         storage.atomic_write_bytes(out, buf.getvalue())
     return meta
@@ -165,22 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    meta = export_checkpoint(args.checkpoint, args.out, args.format, args.batch)
-    print(f"{meta['kind']} model ({meta['model']}) -> {args.out} [{args.format}]")
-    print(f"input {meta['input_dtype']} {meta['input_shape']}; outputs {meta['outputs']}")
-    if not args.no_check:
-        model, cfg, blob = load_model_checkpoint(storage.read_bytes(args.checkpoint), "cpu")
-        fn, _ = load(args.out)
-        x = example_input(blob, args.batch + 1)
-        with torch.no_grad():
-            ref = ExportWrapper(model, cfg.kind, cfg.head).eval()(x)
-            got = fn(x)
-        diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
-        print(f"max |eager - exported| on a batch of {x.shape[0]}: {diff:.2e}")
-        if diff > 1e-4:
-            print("error: the exported model disagrees with the eager model", file=sys.stderr)
-            return 1
-    return 0
+
+    def body() -> int:
+        meta = export_checkpoint(args.checkpoint, args.out, args.format, args.batch)
+        print(f"{meta['kind']} model ({meta['model']}) -> {args.out} [{args.format}]")
+        print(f"input {meta['input_dtype']} {meta['input_shape']}; outputs {meta['outputs']}")
+        if not args.no_check:
+            mf = load_model(storage.read_bytes(args.checkpoint), "cpu", name=args.checkpoint)
+            fn, _ = load(args.out)
+            x = example_input(mf, args.batch + 1)
+            with torch.no_grad():
+                ref = ExportWrapper(mf.model, mf.config.branch, mf.config.head).eval()(x)
+                got = fn(x)
+            diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
+            print(f"max |eager - exported| on a batch of {x.shape[0]}: {diff:.2e}")
+            if diff > 1e-4:
+                print("error: the exported model disagrees with the eager model", file=sys.stderr)
+                return 1
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

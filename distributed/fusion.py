@@ -30,11 +30,11 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 
 import numpy as np
 
 from datasets import shards, storage
+from datasets.manifest import Manifest, read_manifest
 from distributed.metrics import confusion, uar, war
 
 RULES = ("log", "linear")
@@ -105,14 +105,14 @@ def _keep_models_callback(out_dir: str, epochs: int):
     return KeepSplitModels()
 
 
-def plan_splits(manifest: dict, folds: int | None, inner: int | None) -> list[dict]:
+def plan_splits(manifest: Manifest, folds: int | None, inner: int | None) -> list[dict]:
     """[{outer, inner (None = the whole outer training fold), train ids, eval ids}] in order."""
-    outer = manifest["folds"]["outer"][: folds or None]
+    outer = manifest.folds.outer[: folds or None]
     plan = []
     for k, fold in enumerate(outer):
-        for j, split in enumerate(fold["inner"][: inner or None]):
-            plan.append({"outer": k, "inner": j, "train": split["train"], "eval": split["val"]})
-        plan.append({"outer": k, "inner": None, "train": fold["train"], "eval": fold["test"]})
+        for j, split in enumerate(fold.inner[: inner or None]):
+            plan.append({"outer": k, "inner": j, "train": split.train, "eval": split.val})
+        plan.append({"outer": k, "inner": None, "train": fold.train, "eval": fold.test})
     return plan
 
 
@@ -120,19 +120,24 @@ def branch_predictions(
     cfg, root: str, plan: list[dict], *, workers: int, storage_path: str, name: str
 ) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
     """Train one branch on every split of ``plan`` (one fit) and predict each split's eval ids."""
-    from distributed.evaluate import predict_fold
-    from distributed.steps import load_model_checkpoint
-    from distributed.train import FoldSpec, fit_folds
+    from distributed.checkpoint import TrainedOn, load_model
+    from distributed.evaluation import predict_fold
+    from distributed.trainer import FoldSpec, Resources, fit_folds, prepare_datasets
 
     have = set(shards.read_table(root, columns=["id"])["id"].to_pylist())
     specs = [
-        FoldSpec(tuple(i for i in s["train"] if i in have), None,
-                 {"outer": s["outer"], "inner": s["inner"], "fusion": True})
+        FoldSpec(tuple(i for i in s["train"] if i in have), None, TrainedOn(s["outer"], s["inner"]))
         for s in plan
-    ]  # fmt: skip
+    ]
     models = storage.join(storage_path, name, "split-models")
-    fit_folds(cfg, root, specs, workers=workers, storage_path=storage_path, name=name,
-              callbacks=[_keep_models_callback(models, cfg.epochs)])  # fmt: skip
+    fit_folds(
+        cfg,
+        prepare_datasets(root, specs),
+        resources=Resources(workers),
+        storage_path=storage_path,
+        name=name,
+        callbacks=[_keep_models_callback(models, cfg.epochs)],
+    )
     out = []
     for n, s in enumerate(plan):
         path = storage.join(models, f"split{n}.pt")
@@ -140,8 +145,8 @@ def branch_predictions(
             raise RuntimeError(
                 f"{path}: split model missing (the keep-models callback did not run)"
             )
-        model, mcfg, _ = load_model_checkpoint(storage.read_bytes(path))
-        out.append(predict_fold(model, mcfg, root, [i for i in s["eval"] if i in have]))
+        mf = load_model(storage.read_bytes(path), name=path)
+        out.append(predict_fold(mf, root, [i for i in s["eval"] if i in have]))
     return out
 
 
@@ -159,17 +164,22 @@ def run_fusion(
     name: str = "fusion",
 ) -> dict:
     """The whole protocol of the module docstring; returns the report as a dict."""
-    fm, gm = shards.read_manifest(facial_root), shards.read_manifest(gesture_root)
-    if fm["classes"] != gm["classes"]:
-        raise ValueError(f"class lists differ: faces {fm['classes']}, gestures {gm['classes']}")
-    classes, k = fm["classes"], len(fm["classes"])
+    fm, gm = read_manifest(facial_root), read_manifest(gesture_root)
+    if fm.classes != gm.classes:
+        raise ValueError(f"class lists differ: faces {fm.classes}, gestures {gm.classes}")
+    classes, k = list(fm.classes), len(fm.classes)
     plan = plan_splits(fm, folds, inner)
     kw = dict(workers=workers, storage_path=storage_path)
     face = branch_predictions(facial_cfg, facial_root, plan, name=f"{name}-facial", **kw)
     body = branch_predictions(gesture_cfg, gesture_root, plan, name=f"{name}-gesture", **kw)
     paired = [pair(*f, *b) for f, b in zip(face, body)]  # (ids, y, p_face, p_body) per split
-    report = {"classes": classes, "rule": rule, "folds": [], "facial": facial_cfg.to_dict(),
-              "gesture": gesture_cfg.to_dict()}  # fmt: skip
+    report = {
+        "classes": classes,
+        "rule": rule,
+        "folds": [],
+        "facial": facial_cfg.to_dict(),
+        "gesture": gesture_cfg.to_dict(),
+    }
     pooled = {"y": [], "face": [], "body": [], "fused": []}
     for outer in sorted({s["outer"] for s in plan}):
         inner_idx = [
@@ -185,11 +195,18 @@ def run_fusion(
         )
         ids, y, pf, pb = paired[test_idx]
         fused = fuse(pf, pb, w, rule)
-        report["folds"].append({
-            "outer": outer, "w": w, "inner_n": int(len(y_in)), "inner_grid": table,
-            "face": scores(y, pf, k), "body": scores(y, pb, k), "fused": scores(y, fused, k),
-            "test_ids": ids,
-        })  # fmt: skip
+        report["folds"].append(
+            {
+                "outer": outer,
+                "w": w,
+                "inner_n": int(len(y_in)),
+                "inner_grid": table,
+                "face": scores(y, pf, k),
+                "body": scores(y, pb, k),
+                "fused": scores(y, fused, k),
+                "test_ids": ids,
+            }
+        )
         for key, p in (("face", pf), ("body", pb), ("fused", fused)):
             pooled[key].append(p)
         pooled["y"].append(y)
@@ -206,9 +223,12 @@ def run_fusion(
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Face + body late fusion ({report['rule']} rule)", "",
-             "| branch | WAR mean ± std | UAR mean ± std | pooled WAR | pooled UAR |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Face + body late fusion ({report['rule']} rule)",
+        "",
+        "| branch | WAR mean ± std | UAR mean ± std | pooled WAR | pooled UAR |",
+        "|---|---|---|---|---|",
+    ]
     for key, label in (("face", "face only"), ("body", "body only"), ("fused", "fused")):
         s = report["summary"][key]
         lines.append(
@@ -216,8 +236,11 @@ def markdown(report: dict) -> str:
             f"{s['uar_mean']:.3f} ± {s['uar_std']:.3f} | {s['pooled']['war']:.3f} | "
             f"{s['pooled']['uar']:.3f} |"
         )
-    lines += ["", "| outer fold | w (chosen on inner val) | face UAR | body UAR | fused UAR | n |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| outer fold | w (chosen on inner val) | face UAR | body UAR | fused UAR | n |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in report["folds"]:
         lines.append(
             f"| {f['outer']} | {f['w']:.2f} | {f['face']['uar']:.3f} | "
@@ -251,24 +274,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from branches import get_branch
     from distributed.common import init_ray
-    from distributed.config import SMOKE, default_config, load_overrides
+    from distributed.config import default_config, load_overrides
 
     args = build_parser().parse_args(argv)
     cfgs = {}
-    for kind in ("facial", "gesture"):
-        over = dict(SMOKE[kind]) if args.smoke else {}
-        over.update(load_overrides(getattr(args, f"{kind}_config")))
-        cfgs[kind] = default_config(kind, **over)
+    # Fusion pairs the two branches of the paper: faces and bodies.
+    for key, path in (("facial", args.facial_config), ("gesture", args.gesture_config)):
+        over = dict(get_branch(key).smoke) if args.smoke else {}
+        over.update(load_overrides(path, key))
         if args.epochs:
-            cfgs[kind] = replace(cfgs[kind], epochs=args.epochs)
+            over["epochs"] = args.epochs
+        cfgs[key] = default_config(key, **over)
     folds = 1 if args.smoke and args.folds is None else args.folds
     inner = 1 if args.smoke and args.inner is None else args.inner
     store = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
     init_ray(args.address, args.num_cpus)
-    report = run_fusion(cfgs["facial"], cfgs["gesture"], args.facial_shards, args.gesture_shards,
-                        folds=folds, inner=inner, workers=args.workers, storage_path=store,
-                        rule=args.rule, name=args.name)  # fmt: skip
+    report = run_fusion(
+        cfgs["facial"],
+        cfgs["gesture"],
+        args.facial_shards,
+        args.gesture_shards,
+        folds=folds,
+        inner=inner,
+        workers=args.workers,
+        storage_path=store,
+        rule=args.rule,
+        name=args.name,
+    )
     out = args.out or storage.join(store, args.name)
     storage.atomic_write_bytes(
         storage.join(out, "fusion.json"), json.dumps(report, indent=2).encode()

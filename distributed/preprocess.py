@@ -1,13 +1,16 @@
 """Raw videos / joint files -> Parquet shards, as a streaming Ray Data job.
 
-    python -m distributed.preprocess facial --source DIR --layout {ckplus,list,folders} --out SHARDS
-    python -m distributed.preprocess gesture --source DIR --layout {list,folders} --out SHARDS
+    python -m distributed.preprocess BRANCH --source DIR --layout {ckplus,list,folders} --out SHARDS
 
-Items are planned into shards of ``--per-shard`` items (sorted by id, so the plan is stable); one
-Ray task turns one planned shard into one Parquet file (temporary name, then rename) plus a small
-summary file. Re-running over the same output keeps finished shards and does only the rest. A bad
-item is skipped, counted and reported with its reason; the job fails only when nothing usable is
-left. The manifest (classes, counts, folds, provenance) is written last.
+BRANCH is facial (videos or image sequences; ckplus is facial only) or gesture (joint files).
+
+The per-item work (decode, detect, crop; read and fill joints) is the branch's own function in
+``datasets/items.py``; this module is the Ray job around it. Items are planned into shards of
+``--per-shard`` items (sorted by id, so the plan is stable); one Ray task turns one planned shard
+into one Parquet file (temporary name, then rename) plus a small summary file. Re-running over
+the same output keeps finished shards and does only the rest. A bad item is skipped, counted and
+reported with its reason; the job fails only when nothing usable is left. The manifest (classes,
+counts, folds, provenance) is written last.
 """
 
 from __future__ import annotations
@@ -19,106 +22,74 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from datasets import folds as folds_mod
+from branches import BRANCHES, Branch, get_branch
 from datasets import shards, sources, storage
+from datasets.folds import nested_folds
+from datasets.manifest import Counts, Manifest, write_manifest
 from datasets.records import BadInput, SourceItem
+from distributed import cli
 from distributed.common import git_commit, init_ray, print_table
 
 PLAN = "plan.json"
-# Joint files (OpenPose JSON frames come as a folder per sequence).
-JOINT_EXTENSIONS = (".json", ".csv", ".txt", ".npy", ".npz")
 SUMMARY_SUFFIX = ".summary.json"
+LAYOUTS = ("ckplus", "list", "folders")
 
 
 @dataclass(frozen=True)
-class FacialOptions:
-    """Per-item facial preprocessing settings (recorded in the manifest and checkpoints)."""
+class PreprocessArgs:
+    """The parsed command line of ``distributed.preprocess``."""
 
+    branch: str
+    source: str
+    out: str
+    layout: str = "folders"
+    labels: str | None = None
     size: int = 224
     detector: str = "haar"
     every: int = 5
     margin: float = 0.2
     max_frames: int | None = None
+    per_shard: int = 8
+    folds: int = 5
+    inner_folds: int = 3
+    seed: int = 0
+    subject_pattern: str | None = None
+    address: str | None = None
+    num_cpus: float | None = None
 
+    def options(self, branch: Branch):
+        """The branch's typed preprocessing options from the flags it knows."""
+        from dataclasses import fields
 
-@dataclass(frozen=True)
-class GestureOptions:
-    """Per-item gesture preprocessing settings."""
-
-    fill_missing: bool = True
-
-
-def process_facial_item(
-    item: SourceItem, label: int, opts: FacialOptions, detector
-) -> shards.FacialRow:
-    """Decode, detect, crop and resize one video into a shard row (raises BadInput)."""
-    from datasets.faces import face_track
-    from datasets.video import read_frames
-
-    frames = read_frames(item.path, max_frames=opts.max_frames)
-    track = face_track(frames, detector, opts.size, every=opts.every, margin=opts.margin)
-    return shards.FacialRow(
-        id=item.id,
-        subject=item.subject,
-        label=label,
-        label_name=item.label,
-        frames=track.frames,
-        face_fraction=track.face_fraction,
-        centre_cropped=track.centre_cropped,
-        source=item.path,
-    )
-
-
-def process_gesture_item(item: SourceItem, label: int, opts: GestureOptions) -> shards.GestureRow:
-    """Read one joint file, fill missing joints, into a shard row (raises BadInput)."""
-    from datasets.joints import fill_missing, read_joints
-
-    seq = read_joints(item.path)
-    if opts.fill_missing:
-        seq = fill_missing(seq)
-    return shards.GestureRow(
-        id=item.id,
-        subject=item.subject,
-        label=label,
-        label_name=item.label,
-        joints=seq.joints.astype(np.float32),
-        confidence=seq.confidence.astype(np.float32),
-        layout=seq.layout,
-        source=item.path,
-    )
+        names = {f.name for f in fields(branch.options_type)}
+        try:
+            return branch.options_type(**{k: v for k, v in asdict(self).items() if k in names})
+        except ValueError as err:
+            raise cli.UsageError(str(err)) from None
 
 
 def run_shard(task: dict) -> dict:
     """Ray Data task: process one planned shard and write it; returns a one-row summary."""
-    from datasets.faces import make_detector
-
-    kind, out, index = task["kind"], task["out"], int(task["shard"])
+    branch = get_branch(task["branch"])
+    out, index = task["out"], int(task["shard"])
     items = [SourceItem(**d) for d in json.loads(task["items"])]
     classes = json.loads(task["classes"])
-    opts = json.loads(task["options"])
+    opts = branch.options_type(**json.loads(task["options"]))
     label_of = {name: i for i, name in enumerate(classes)}
-    detector = make_detector(opts["detector"]) if kind == "facial" else None
+    context = branch.worker_context(opts)
     rows, errors, centre = [], [], []
     for item in items:
         try:
-            if kind == "facial":
-                row = process_facial_item(
-                    item, label_of[item.label], FacialOptions(**opts), detector
-                )
-                if row.centre_cropped:
-                    centre.append(item.path)
-            else:
-                row = process_gesture_item(item, label_of[item.label], GestureOptions(**opts))
+            row = branch.process_item(item, label_of[item.label], opts, context)
+            if getattr(row, "centre_cropped", False):
+                centre.append(item.path)
             rows.append(row)
         except BadInput as e:
             errors.append([e.path, e.reason])
         except Exception as e:  # one bad item never kills the job: count it, report it
             errors.append([item.path, f"{type(e).__name__}: {e}"])
     if rows:
-        table = shards.facial_table(rows) if kind == "facial" else shards.gesture_table(rows)
-        shards.write_shard(table, shards.shard_path(out, index))
+        shards.write_shard(branch.table(rows), shards.shard_path(out, index))
     summary = {"shard": index, "written": len(rows), "errors": errors, "centre_cropped": centre}
     # The summary is written last: its presence marks the shard as finished for a resume.
     storage.atomic_write_bytes(_summary_path(out, index), json.dumps(summary).encode())
@@ -129,24 +100,20 @@ def _summary_path(out: str, index: int) -> str:
     return shards.shard_path(out, index) + SUMMARY_SUFFIX
 
 
-def scan(kind: str, source: str, layout: str, labels: str | None, subject_pattern: str | None):
+def scan(branch: Branch, source: str, layout: str, labels: str | None, subject_pattern: str | None):
     """Find the items of a source folder: (items, skipped [(path, reason)])."""
-    if kind == "facial":
-        from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
-        extensions = tuple(VIDEO_EXTENSIONS) + tuple(IMAGE_EXTENSIONS)
-    else:
-        extensions = JOINT_EXTENSIONS
     if layout == "ckplus":
-        if kind != "facial":
-            raise BadInput(source, "the ckplus layout holds image sequences, not joint files")
+        if not branch.reads_video:
+            raise BadInput(
+                source, f"the ckplus layout holds image sequences, not {branch.name} inputs"
+            )
         return sources.scan_ckplus(source)
     if layout == "list":
         if not labels:
             raise BadInput(source, "--layout list needs --labels FILE")
         return sources.scan_list(source, labels)
     kwargs = {"subject_pattern": subject_pattern} if subject_pattern else {}
-    return sources.scan_folders(source, extensions, **kwargs)
+    return sources.scan_folders(source, branch.source_extensions, **kwargs)
 
 
 def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem]]:
@@ -169,31 +136,12 @@ def _check_plan(out: str, plan_doc: dict) -> None:
         storage.atomic_write_bytes(path, json.dumps(plan_doc, sort_keys=True).encode())
 
 
-def make_folds(ids, subjects, labels, outer: int, inner: int, seed: int) -> dict:
-    """Nested, subject-disjoint, class-stratified folds as lists of ids (for the manifest)."""
-    ids = np.asarray(ids)
-    nested = folds_mod.nested_splits(list(subjects), list(labels), outer, inner, seed)
-    return {
-        "seed": seed,
-        "outer": [
-            {
-                "train": sorted(ids[f.train].tolist()),
-                "test": sorted(ids[f.test].tolist()),
-                "inner": [
-                    {"train": sorted(ids[i.train].tolist()), "val": sorted(ids[i.val].tolist())}
-                    for i in f.inner
-                ],
-            }
-            for f in nested
-        ],
-    }
-
-
-def preprocess(args: argparse.Namespace) -> int:
+def preprocess(args: PreprocessArgs) -> int:
     """Run the whole job; returns the process exit code."""
     t0 = time.time()
-    kind = args.kind
-    items, skipped = scan(kind, args.source, args.layout, args.labels, args.subject_pattern)
+    branch = get_branch(args.branch)
+    opts = args.options(branch)
+    items, skipped = scan(branch, args.source, args.layout, args.labels, args.subject_pattern)
     skipped = [list(s) for s in skipped]
     if not items:
         print(f"error: {args.source}: no usable items ({len(skipped)} skipped)", file=sys.stderr)
@@ -201,15 +149,10 @@ def preprocess(args: argparse.Namespace) -> int:
             print(f"  skipped {path}: {reason}", file=sys.stderr)
         return 2
     classes = list(sources.class_names_for(items))
-    if kind == "facial":
-        options = asdict(
-            FacialOptions(args.size, args.detector, args.every, args.margin, args.max_frames)
-        )
-    else:
-        options = asdict(GestureOptions())
+    options = asdict(opts)
     plan = plan_shards(items, args.per_shard)
     plan_doc = {
-        "kind": kind,
+        "kind": branch.name,
         "classes": classes,
         "options": options,
         "shards": [[it.id for it in group] for group in plan],
@@ -221,7 +164,7 @@ def preprocess(args: argparse.Namespace) -> int:
     done = {i for i in range(len(plan)) if storage.exists(_summary_path(args.out, i))}
     todo = [
         {
-            "kind": kind,
+            "branch": branch.name,
             "out": args.out,
             "shard": i,
             "items": json.dumps([asdict(it) for it in group]),
@@ -251,47 +194,35 @@ def preprocess(args: argparse.Namespace) -> int:
         _print_failures(failed)
         return 1
 
-    extra_cols = ["n_joints"] if kind == "gesture" else []
-    table = shards.read_table(args.out, columns=["id", "subject", "label", *extra_cols])
+    table = shards.read_table(args.out, columns=list(branch.fold_columns()))
     ids = table["id"].to_pylist()
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"{args.out}: duplicate ids across shards (a torn earlier run?)")
     subjects, labels = table["subject"].to_pylist(), table["label"].to_pylist()
-    folds = make_folds(ids, subjects, labels, args.folds, args.inner_folds, args.seed)
-    manifest = {
-        "kind": kind,
-        "num_joints": _single_joint_count(table) if kind == "gesture" else None,
-        "classes": classes,
-        "options": options,
-        "source": str(args.source),
-        "layout": args.layout,
-        "counts": {
-            "read": len(items) + len(skipped),
-            "written": written,
-            "skipped": len(failed),
-            "centre_cropped": len(centre),
-            "per_class": dict(Counter(classes[i] for i in labels)),
-            "subjects": len(set(subjects)),
-        },
-        "skipped": failed,
-        "centre_cropped": centre,
-        "folds": folds,
-        "git_commit": git_commit(),
-    }
-    shards.write_manifest(args.out, manifest)
+    folds = nested_folds(ids, subjects, labels, args.folds, args.inner_folds, args.seed)
+    manifest = Manifest(
+        kind=branch.name,
+        classes=tuple(classes),
+        options=options,
+        counts=Counts(
+            read=len(items) + len(skipped),
+            written=written,
+            skipped=len(failed),
+            centre_cropped=len(centre),
+            per_class=dict(Counter(classes[i] for i in labels)),
+            subjects=len(set(subjects)),
+        ),
+        folds=folds,
+        source=str(args.source),
+        layout=args.layout,
+        skipped=tuple(tuple(f) for f in failed),
+        centre_cropped=tuple(centre),
+        git_commit=git_commit(),
+        **branch.manifest_extra(table),
+    )
+    write_manifest(args.out, manifest)
     _print_summary(manifest, time.time() - t0)
     return 0
-
-
-def _single_joint_count(table) -> int:
-    counts = set(table["n_joints"].to_pylist())
-    if len(counts) != 1:
-        raise BadInput(
-            "(shards)",
-            f"joint files with different joint counts {sorted(counts)}: "
-            "preprocess one joint layout per shard folder",
-        )
-    return counts.pop()
 
 
 def _print_failures(failed, file=None) -> None:
@@ -299,26 +230,26 @@ def _print_failures(failed, file=None) -> None:
         print(f"  skipped {path}: {reason}", file=file or sys.stderr)
 
 
-def _print_summary(manifest: dict, seconds: float) -> None:
-    c = manifest["counts"]
-    print(f"\n{manifest['kind']} shards written in {seconds:.1f} s")
+def _print_summary(manifest: Manifest, seconds: float) -> None:
+    c = manifest.counts
+    print(f"\n{manifest.kind} shards written in {seconds:.1f} s")
     print_table(
         [
-            ("items read", c["read"]),
-            ("rows written", c["written"]),
-            ("skipped", c["skipped"]),
-            ("centre-cropped (no face found)", c["centre_cropped"]),
-            ("subjects", c["subjects"]),
+            ("items read", c.read),
+            ("rows written", c.written),
+            ("skipped", c.skipped),
+            ("centre-cropped (no face found)", c.centre_cropped),
+            ("subjects", c.subjects),
         ]
-        + [(f"class {k}", v) for k, v in sorted(c["per_class"].items())],
+        + [(f"class {k}", v) for k, v in sorted(c.per_class.items())],
         ("", "count"),
     )
-    if manifest["skipped"]:
+    if manifest.skipped:
         print("\nskipped items:")
-        _print_failures(manifest["skipped"], file=sys.stdout)
-    if manifest["centre_cropped"]:
+        _print_failures(manifest.skipped, file=sys.stdout)
+    if manifest.centre_cropped:
         print("\nno face found (centre crop used):")
-        for p in manifest["centre_cropped"]:
+        for p in manifest.centre_cropped:
             print(f"  {p}")
 
 
@@ -328,13 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=["facial", "gesture"])
+    p.add_argument("branch", choices=sorted(BRANCHES))
     p.add_argument("--source", required=True, help="source folder")
-    p.add_argument("--layout", choices=["ckplus", "list", "folders"], default="folders")
+    p.add_argument("--layout", choices=LAYOUTS, default="folders")
     p.add_argument("--labels", help="label list for --layout list: '<relative path> <Label>' lines")
     p.add_argument("--out", required=True, help="output shard folder (path or URI)")
-    p.add_argument("--size", type=int, default=224, help="face crop size S (facial)")
-    p.add_argument("--detector", default="haar", help="face detector: haar or none (facial)")
+    p.add_argument("--size", type=int, default=224, help="face crop size S (videos)")
+    p.add_argument("--detector", default="haar", help="face detector: haar or none (videos)")
     p.add_argument("--every", type=int, default=5, help="run the detector every N frames")
     p.add_argument("--margin", type=float, default=0.2, help="crop margin around the face box")
     p.add_argument("--max-frames", type=int, default=None, help="keep at most N frames per video")
@@ -351,12 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return preprocess(args)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
+    return cli.run(lambda: preprocess(args))
 
 
 if __name__ == "__main__":

@@ -1,83 +1,23 @@
-"""Search spaces for the Tune driver, in code, with the paper's values as the first point.
+"""Search spaces for the Tune driver, with the paper's values as the first point.
 
-A space is a dict ``{field: spec}`` over :class:`~distributed.config.TrainConfig` fields, where a
+A space is a dict ``{key: spec}`` over flat config keys (see ``distributed.config``), where a
 spec is one of ``{"choice": [...]}``, ``{"uniform": [lo, hi]}``, ``{"loguniform": [lo, hi]}``,
-``{"int": [lo, hi]}`` or a plain value (fixed). A YAML/JSON file given with ``--space`` holds
-``space`` (replacing entries), optional ``start`` (points to evaluate first) and ``fixed``.
+``{"int": [lo, hi]}`` or a plain value (fixed). The built-in spaces are the branches' own
+(``branches/*.py``). A YAML/JSON file given with ``--space`` holds ``space`` (replacing
+entries; ``replace: true`` drops the built-in ones), optional ``start`` (points to evaluate
+first) and ``fixed`` (values every trial uses). The whole file is checked here, before Ray
+starts: every message names the file and the key.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+import math
+from dataclasses import dataclass, field
 
-from distributed.config import TrainConfig
+from branches import get_branch
+from distributed.config import ConfigError, check_keys, default_config, read_mapping
 
-FACIAL_SPACE = {
-    "clips": {"choice": [3, 5, 7]},
-    "frames": {"choice": [1, 2, 3, 4]},
-    "lstm1": {"choice": [256, 512, 1024]},
-    "lstm2": {"choice": [128, 256, 512]},
-    "fusion_weight": {"uniform": [0.0, 1.0]},
-    "lr": {"loguniform": [1e-3, 3e-2]},
-    "weight_decay": {"loguniform": [1e-5, 1e-3]},
-}
-FACIAL_START = [
-    {
-        "clips": 5,
-        "frames": 2,
-        "lstm1": 1024,
-        "lstm2": 512,
-        "fusion_weight": 0.2,
-        "lr": 0.005,
-        "weight_decay": 1e-4,
-    }
-]
-
-GESTURE_SPACE = {
-    "representation": {"choice": ["timeline", "timeline_single", "potion"]},
-    "rep_size": {"choice": [32, 48, 64]},
-    "rep_length": {"choice": [64, 150, 300]},
-    "width": {"choice": [32, 64, 128]},
-    "se_reduction": {"choice": [4, 8, 16]},
-    "lr": {"loguniform": [1e-4, 1e-2]},
-}
-GESTURE_START = [
-    {
-        "representation": "timeline",
-        "rep_size": 64,
-        "rep_length": 300,
-        "width": 128,
-        "se_reduction": 16,
-        "lr": 1e-3,
-    }
-]
-
-# Smoke runs search a small, cheap region around the paper's point. For faces the predicting head
-# is searched too: with a few epochs from scratch the paper's fused score (mostly p2, an LSTM over
-# the per-clip probabilities) is still near chance while p3 already generalises. Both heads start
-# from the paper's point, p3 first: ASHA always promotes the first trial, and a weak first trial
-# would cost a full run.
-SMOKE_SPACE = {
-    "facial": {
-        "frames": {"choice": [1, 2]},
-        "lr": {"loguniform": [1e-3, 3e-2]},
-        "head": {"choice": ["fused", "p3"]},
-    },
-    "gesture": {
-        "representation": {"choice": ["timeline", "potion"]},
-        "width": {"choice": [8, 16]},
-        "lr": {"loguniform": [1e-3, 3e-2]},
-    },
-}
-SMOKE_START = {
-    "facial": [
-        {"frames": 2, "lr": 0.005, "head": "p3"},
-        {"frames": 2, "lr": 0.005, "head": "fused"},
-    ],
-    "gesture": [{"representation": "timeline", "width": 16, "lr": 1e-2}],
-}
+SPEC_KINDS = ("choice", "uniform", "loguniform", "int")
 
 
 @dataclass(frozen=True)
@@ -100,11 +40,9 @@ class SearchSpace:
                 out[name] = tune.uniform(*spec["uniform"])
             elif "loguniform" in spec:
                 out[name] = tune.loguniform(*spec["loguniform"])
-            elif "int" in spec:
+            else:
                 lo, hi = spec["int"]
                 out[name] = tune.randint(lo, hi + 1)
-            else:
-                raise ValueError(f"search space entry {name}: unknown spec {spec}")
         return out
 
     def optuna_distributions(self) -> dict:
@@ -121,43 +59,86 @@ class SearchSpace:
                 out[name] = d.FloatDistribution(*spec["uniform"])
             elif "loguniform" in spec:
                 out[name] = d.FloatDistribution(*spec["loguniform"], log=True)
-            elif "int" in spec:
+            else:
                 out[name] = d.IntDistribution(*spec["int"])
         return out
 
 
-def _check_keys(keys, where: str) -> None:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(keys) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown config fields {sorted(unknown)}")
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_space(kind: str, path: str | None = None, smoke: bool = False) -> SearchSpace:
-    """The built-in space for ``kind`` (or its smoke variant), overridden by a YAML/JSON file."""
-    if smoke:
-        space, start = dict(SMOKE_SPACE[kind]), list(SMOKE_START[kind])
-    else:
-        space = dict(FACIAL_SPACE if kind == "facial" else GESTURE_SPACE)
-        start = list(FACIAL_START if kind == "facial" else GESTURE_START)
+def check_spec(name: str, spec, where: str) -> None:
+    """One entry's spec is well formed (a clear error naming ``where`` and the key otherwise)."""
+    if not isinstance(spec, dict):
+        return  # a plain value: fixed
+    if len(spec) != 1 or next(iter(spec)) not in SPEC_KINDS:
+        raise ConfigError(
+            f"{where}: {name}: a spec is one of {list(SPEC_KINDS)} (or a plain value), got {spec!r}"
+        )
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}: {name}: choice needs a non-empty list, got {args!r}")
+        return
+    if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
+        raise ConfigError(f"{where}: {name}: {kind} needs [low, high] numbers, got {args!r}")
+    lo, hi = args
+    if not lo < hi:
+        raise ConfigError(f"{where}: {name}: {kind} needs low < high, got {args!r}")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{where}: {name}: loguniform needs low > 0, got {args!r}")
+    if kind == "int" and not all(float(a).is_integer() for a in args):
+        raise ConfigError(f"{where}: {name}: int needs whole numbers, got {args!r}")
+
+
+def _values(spec) -> list:
+    """Values to try when validating a spec against the config (bounds and choices)."""
+    if not isinstance(spec, dict):
+        return [spec]
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return list(args)
+    return [int(a) for a in args] if kind == "int" else list(args)
+
+
+def load_space(
+    branch: str, path: str | None = None, smoke: bool = False, base_overrides: dict | None = None
+) -> SearchSpace:
+    """The built-in space of ``branch`` (or its smoke variant), overridden by a YAML/JSON file,
+    checked entry by entry: keys, spec forms, and every choice / bound as a valid config."""
+    b = get_branch(branch)
+    space = dict(b.smoke_space if smoke else b.space)
+    start = [dict(p) for p in (b.smoke_start if smoke else b.start)]
     fixed: dict = {}
+    where = path or f"built-in {branch} space"
     if path:
-        text = Path(path).read_text()
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            doc = yaml.safe_load(text) or {}
-        else:
-            doc = json.loads(text)
+        doc = read_mapping(path)
         unknown = set(doc) - {"space", "start", "fixed", "replace"}
         if unknown:
-            raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+            raise ConfigError(
+                f"{path}: unknown top-level keys {sorted(unknown)}; known: "
+                "['fixed', 'replace', 'space', 'start']"
+            )
+        for key, kind in (("space", dict), ("fixed", dict), ("start", list)):
+            if key in doc and not isinstance(doc[key], kind):
+                raise ConfigError(f"{path}: {key} must be a {kind.__name__}")
         space = dict(doc["space"]) if doc.get("replace") else {**space, **doc.get("space", {})}
         start = doc.get("start", start)
         fixed = doc.get("fixed", {})
-    _check_keys(space, "search space")
-    _check_keys(fixed, "fixed values")
+        if not all(isinstance(p, dict) for p in start):
+            raise ConfigError(f"{path}: start must be a list of mappings")
+    check_keys(branch, space, f"{where}: space")
+    check_keys(branch, fixed, f"{where}: fixed")
+    for name, spec in space.items():
+        check_spec(name, spec, f"{where}: space")
     # A start point may only name searched entries; drop what the file removed from the space.
     start = [{k: v for k, v in p.items() if k in space} for p in start]
     start = [p for p in start if len(p) == len(space)]
+    base = default_config(branch, **{**(base_overrides or {}), **fixed})
+    for name, spec in space.items():
+        for value in _values(spec):
+            base.override(where=f"{where}: space: {name}={value!r}", **{name: value})
+    for k, point in enumerate(start):
+        base.override(where=f"{where}: start[{k}]", **point)
     return SearchSpace(space=space, start=start, fixed=fixed)

@@ -2,65 +2,35 @@
 
 from __future__ import annotations
 
-import io
-from dataclasses import fields
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from branches import DataInfo, get_branch
 from distributed.config import TrainConfig
 from distributed.metrics import confusion, uar, war
 
-CHECKPOINT_FORMAT = "emovis-checkpoint/1"
 
-
-def heads_of(kind: str) -> tuple[str, ...]:
-    return ("p1", "p2", "p3", "fused") if kind == "facial" else ("fused",)
-
-
-def build(
-    cfg: TrainConfig, num_classes: int, num_joints: int | None = None, pretrained: bool = True
-) -> torch.nn.Module:
-    """The model of ``cfg``; with ``pretrained`` the facial backbone gets the ImageNet weights."""
-    from models import build_model
-
-    kwargs = cfg.model_kwargs(num_classes, num_joints)
-    model = build_model(cfg.model, **kwargs)
-    if pretrained and cfg.kind == "facial" and cfg.imagenet_weights:
-        from models.sistcm import load_imagenet_weights
-
-        load_imagenet_weights(model.backbone, cfg.imagenet_weights)
+def build(cfg: TrainConfig, data: DataInfo, pretrained: bool = True) -> torch.nn.Module:
+    """The model of ``cfg`` for ``data``; with ``pretrained`` it gets the weights ``cfg`` names."""
+    branch = get_branch(cfg.branch)
+    model = branch.build_model(cfg.model, data)
+    if pretrained:
+        branch.load_pretrained(cfg.model, model)
     return model
 
 
 def model_inputs(cfg: TrainConfig, batch: dict, device: torch.device) -> torch.Tensor:
-    """The model's input on ``device``: uint8 clips for faces, the representation for gestures."""
-    if cfg.kind == "facial":
-        return batch["x"].to(device, non_blocking=True)
-    from datasets.representations import build_representation
-
-    return build_representation(
-        batch["joints"].to(device, non_blocking=True),
-        batch["lengths"].to(device),
-        cfg.representation,
-        cfg.rep_size,
-        cfg.rep_length,
-        weight=cfg.joint_weight,
-    )
+    """The model's input on ``device`` from a collated batch."""
+    return get_branch(cfg.branch).inputs(cfg.model, batch, device)
 
 
 def forward(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = model(x)
-    return out if isinstance(out, dict) else {"fused": out}
+    """The model's scores as a dict keyed by the branch's heads."""
+    return get_branch(cfg.branch).outputs(model(x))
 
 
 def loss_of(cfg: TrainConfig, outputs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    if cfg.kind == "facial":
-        from models.tlstm import joint_loss
-
-        return joint_loss(outputs, y, faithful=cfg.faithful_loss)
-    return F.cross_entropy(outputs["fused"], y)
+    return get_branch(cfg.branch).loss(cfg.model, outputs, y)
 
 
 class EpochStats:
@@ -123,52 +93,3 @@ def head_probs(outputs: dict[str, torch.Tensor], head: str) -> torch.Tensor:
     """
     score = outputs[head]
     return score if head == "p1" else score.softmax(dim=1)
-
-
-def save_model_checkpoint(
-    path_or_buffer,
-    model: torch.nn.Module,
-    cfg: TrainConfig,
-    model_kwargs: dict,
-    class_names: list[str],
-    preprocessing: dict,
-    fold: dict,
-    git_commit: str,
-    extra: dict | None = None,
-) -> None:
-    """A self-describing model file: everything needed to rebuild, preprocess and report."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    blob = {
-        "format": CHECKPOINT_FORMAT,
-        "model": cfg.model,
-        "model_kwargs": model_kwargs,
-        "config": cfg.to_dict(),
-        "class_names": list(class_names),
-        "preprocessing": preprocessing,
-        "fold": fold,
-        "seed": cfg.seed,
-        "git_commit": git_commit,
-        "state_dict": state,
-        **(extra or {}),
-    }
-    torch.save(blob, path_or_buffer)
-
-
-def load_model_checkpoint(path_or_bytes, device: str | torch.device = "cpu"):
-    """(model in eval mode, config, checkpoint dict) from a file written by
-    :func:`save_model_checkpoint`; loaded with ``weights_only=True``."""
-    from models import build_model
-
-    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
-    blob = torch.load(src, map_location=device, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path_or_bytes if isinstance(path_or_bytes, str) else 'checkpoint'}: "
-            f"not an emovis model checkpoint"
-        )
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in blob["config"].items() if k in known})
-    model = build_model(blob["model"], **blob["model_kwargs"])
-    model.load_state_dict(blob["state_dict"])
-    model.to(device).eval()
-    return model, cfg, blob

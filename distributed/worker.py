@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from branches import DataInfo, get_branch
 from distributed.config import TrainConfig
 from distributed.data import make_collate
-from distributed.steps import EpochStats, build, forward, heads_of, loss_of, model_inputs
+from distributed.steps import EpochStats, build, forward, loss_of, model_inputs
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -146,33 +147,22 @@ def _state_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def _maybe_fail(config: dict, fold: int, epoch: int, rank: int) -> None:
-    """Test-only switch: kill this worker process once, at a given fold/epoch/rank."""
-    spec = config.get("fail_once")
-    if not spec or (fold, epoch, rank) != (spec["fold"], spec["epoch"], spec["rank"]):
-        return
-    if os.path.exists(spec["marker"]):
-        return
-    with open(spec["marker"], "w") as f:
-        f.write(f"failed at fold {fold} epoch {epoch} rank {rank}\n")
-    os._exit(1)
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config`` holds plain values only (it crosses processes)."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
-    cfg = TrainConfig(**config["train"])
+    cfg = TrainConfig.from_dict(config["train"])
+    data = DataInfo.from_json(config["data"])
     folds: list[dict] = config["folds"]  # [{"train": key, "val": key or None, "fold": {...}}]
-    num_classes, num_joints = config["num_classes"], config.get("num_joints")
+    num_classes = data.num_classes
     forbidden = frozenset(config.get("forbidden_ids", ()))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = ray.train.torch.get_device()
-    heads = heads_of(cfg.kind)
+    heads = get_branch(cfg.branch).heads
     select = f"val_{cfg.select_metric}"
 
     resume = None
@@ -188,7 +178,7 @@ def train_loop_per_worker(config: dict) -> None:
         spec = folds[j]
         torch.manual_seed(cfg.seed + 1000 * j)
         np.random.seed(cfg.seed + 1000 * j)
-        model = ray.train.torch.prepare_model(build(cfg, num_classes, num_joints))
+        model = ray.train.torch.prepare_model(build(cfg, data))
         opt, sched = make_optimizer(cfg, model)
         scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp)
         start_epoch, best, best_epoch, best_state = 0, -1.0, -1, None
@@ -207,7 +197,6 @@ def train_loop_per_worker(config: dict) -> None:
         val_shard = ray.train.get_dataset_shard(spec["val"]) if spec.get("val") else None
 
         for epoch in range(start_epoch, cfg.epochs):
-            _maybe_fail(config, j, epoch, rank)
             t0, wait = time.perf_counter(), [0.0]
             tr = run_epoch(
                 cfg,
@@ -287,37 +276,21 @@ def train_loop_per_worker(config: dict) -> None:
                     with open(os.path.join(d, HISTORY_FILE), "w") as f:
                         json.dump(history, f)
                     if config.get("model_writer") is not None:
-                        _write_model(config, cfg, best_state, d, spec)
+                        _write_model(config["model_writer"], cfg, data, best_state, d, spec)
                     checkpoint = Checkpoint.from_directory(d)
                 ray.train.report(metrics, checkpoint=checkpoint)
         fold_results = done
-        _maybe_dump(config, j, rank, model)
-
-
-def _maybe_dump(config: dict, fold: int, rank: int, model: torch.nn.Module) -> None:
-    """Test-only switch: every rank saves its final parameters (to check DDP really syncs)."""
-    directory = config.get("dump_params_dir")
-    if directory:
-        state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-        torch.save(state, os.path.join(directory, f"fold{fold}-rank{rank}.pt"))
 
 
 def _write_model(
-    config: dict, cfg: TrainConfig, best_state: dict, directory: str, spec: dict
+    info: dict, cfg: TrainConfig, data: DataInfo, best_state: dict, directory: str, spec: dict
 ) -> None:
     """The best-so-far model of this fold as a self-describing file inside the checkpoint."""
-    from distributed.steps import save_model_checkpoint
+    from distributed.checkpoint import TrainedOn, save_model
 
-    info = config["model_writer"]
-    model = build(cfg, config["num_classes"], config.get("num_joints"), pretrained=False)
+    model = build(cfg, data, pretrained=False)
     model.load_state_dict(best_state)
-    save_model_checkpoint(
-        os.path.join(directory, MODEL_FILE),
-        model,
-        cfg,
-        cfg.model_kwargs(config["num_classes"], config.get("num_joints")),
-        info["class_names"],
-        info["preprocessing"],
-        spec.get("fold", {}),
-        info["git_commit"],
+    trained_on = TrainedOn.from_json(spec.get("fold"))
+    save_model(
+        os.path.join(directory, MODEL_FILE), model, cfg, data, trained_on, info["git_commit"]
     )

@@ -19,14 +19,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": cnn,
 }
 
-FACIAL_MODELS = ("sistcm", "resnet_tlstm")
-GESTURE_MODELS = ("accm", "cnn")
-
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build a model by name ("sistcm", "resnet_tlstm", "accm", "cnn").
 
-    Facial models take ``clips``, ``frames``, ``lstm1``, ``lstm2``, ``fusion_weight``, ``dropout``;
+    Facial models take ``clips``, ``frames``, ``lstm1``, ``lstm2``, ``fusion_weight``, ``dropout``,
+    ``depth``, ``normalize``;
     gesture models take ``in_channels``, ``width`` (and ``se_reduction`` for ACCM).
     """
     try:
@@ -36,4 +34,4 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return factory(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "FACIAL_MODELS", "GESTURE_MODELS", "build_model"]
+__all__ = ["MODELS", "build_model"]

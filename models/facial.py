@@ -44,8 +44,8 @@ class FacialConfig:
 class FacialModel(nn.Module):
     """Backbone (clip features) + TLSTM head.
 
-    ``clips`` / ``frames`` record the training defaults (for checkpoints and data loaders);
-    ``forward`` accepts any C and K, read from the input's shape.
+    ``config`` records how the model was built; ``forward`` accepts any C and K, read from the
+    input's shape.
     """
 
     def __init__(self, backbone: FrameResNet, head: TwoStreamLSTM, config: FacialConfig) -> None:
@@ -54,8 +54,6 @@ class FacialModel(nn.Module):
         self.head = head
         self.config = config
         self.num_classes = config.num_classes
-        self.clips = config.clips
-        self.frames = config.frames
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C, K, 3, S, S)`` -> clip features ``(B, C, 512)``."""
@@ -65,6 +63,11 @@ class FacialModel(nn.Module):
     def forward_head(self, features: Tensor) -> dict[str, Tensor]:
         """Clip features ``(B, C, 512)`` -> ``{"p1", "p2", "p3", "fused"}``."""
         return self.head(features)
+
+    def clip_probabilities(self, features: Tensor) -> Tensor:
+        """Clip features ``(B, C, 512)`` -> the clip stream's per-clip probabilities
+        ``(B, C, classes)`` (their mean over clips is ``p1``)."""
+        return self.head.clip_probabilities(features)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_head(self.forward_features(x))

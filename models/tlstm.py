@@ -1,6 +1,6 @@
 """The two-stream LSTM head (TLSTM) and the joint three-head loss of Wei et al. (ESWA 2024).
 
-See PAPER_SPEC §1.3. Clip features ``(B, C, F)`` in temporal order go through two streams:
+Clip features ``(B, C, F)`` in temporal order go through two streams:
 
 - stream 1 (local spatio-temporal features): LSTM(F -> H1) over the clips, last output ->
   Linear(H1 -> classes) = logits ``p3``;
@@ -45,12 +45,17 @@ class TwoStreamLSTM(nn.Module):
         self.lstm2 = nn.LSTM(num_classes, lstm2, num_layers=1, batch_first=True)
         self.fc2 = nn.Linear(lstm2, num_classes)
 
+    def clip_probabilities(self, features: Tensor) -> Tensor:
+        """Per-clip class probabilities of stream 2, ``(B, C, F)`` -> ``(B, C, classes)``: the
+        softmaxes whose mean is ``p1`` (dropout applies in training mode only)."""
+        return self.clip_fc(self.dropout(features)).softmax(dim=-1)
+
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         if features.dim() != 3:
             raise ValueError(f"expected clip features (B, C, F), got {tuple(features.shape)}")
         seq1, _ = self.lstm1(features)  # (B, C, H1)
         p3 = self.fc3(seq1[:, -1])  # (B, classes)
-        clip_probs = self.clip_fc(self.dropout(features)).softmax(dim=-1)  # (B, C, classes)
+        clip_probs = self.clip_probabilities(features)  # (B, C, classes)
         p1 = clip_probs.mean(dim=1)  # (B, classes)
         seq2, _ = self.lstm2(clip_probs)  # (B, C, H2)
         p2 = self.fc2(seq2[:, -1])  # (B, classes)

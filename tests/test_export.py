@@ -9,7 +9,9 @@ import torch
 
 from distributed import export
 from distributed.config import default_config
-from distributed.steps import build, load_model_checkpoint, save_model_checkpoint
+from branches import DataInfo
+from distributed.checkpoint import TrainedOn, load_model, save_model
+from distributed.steps import build
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,30 +21,28 @@ def _checkpoint(path, kind, model=None):
         cfg = default_config(
             "facial", model=model or "sistcm", clips=2, frames=2, lstm1=16, lstm2=8
         )
-        pre = {"kind": "facial", "size": 32, "detector": "haar", "every": 5, "margin": 0.2,
-               "max_frames": None, "clips": 2, "frames": 2}  # fmt: skip
+        pre = {"size": 32, "detector": "haar", "every": 5, "margin": 0.2, "max_frames": None}  # fmt: skip
         nj = None
     else:
         cfg = default_config("gesture", rep_size=32, rep_length=40, width=16, se_reduction=4)
-        pre = {"kind": "gesture", "fill_missing": True, "representation": "timeline",
-               "rep_size": 32, "rep_length": 40, "joint_weight": "index"}  # fmt: skip
+        pre = {"fill_missing": True}  # fmt: skip
         nj = 25
     torch.manual_seed(0)
-    model = build(cfg, 3, nj).eval()
+    data = DataInfo(("a", "b", "c"), pre, nj)
+    model = build(cfg, data).eval()
     # non-trivial BatchNorm statistics, so that eval-mode BN really is part of the graph
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    save_model_checkpoint(str(path), model, cfg, cfg.model_kwargs(3, nj), ["a", "b", "c"], pre,
-                          {}, "test")  # fmt: skip
+    save_model(str(path), model, cfg, data, TrainedOn(), "test")  # fmt: skip
     return str(path)
 
 
 def _eager(ckpt, x):
-    model, cfg, _ = load_model_checkpoint(ckpt)
+    mf = load_model(ckpt)
     with torch.no_grad():
-        return export.ExportWrapper(model, cfg.kind).eval()(x)
+        return export.ExportWrapper(mf.model, mf.config.branch).eval()(x)
 
 
 CASES = [
@@ -61,9 +61,9 @@ def test_export_round_trip_matches_eager_at_other_batch_sizes(kind, model, fmt, 
     assert meta["kind"] == kind and meta["class_names"] == ["a", "b", "c"]
     fn, loaded_meta = export.load(str(out))
     assert loaded_meta == json.loads(json.dumps(meta))
-    _, _, blob = load_model_checkpoint(ckpt)
+    mf = load_model(ckpt)
     for batch in (1, 3, 5):  # never the exported batch size (2)
-        x = export.example_input(blob, batch)
+        x = export.example_input(mf, batch)
         g = torch.Generator().manual_seed(batch)
         if kind == "facial":
             # a different brightness per video (noise alone averages out in untrained features)
@@ -89,8 +89,7 @@ def test_exported_program_file_loads_with_plain_torch(tmp_path):
     extra = {export.META: ""}
     program = torch.export.load(str(out), extra_files=extra)
     assert json.loads(extra[export.META])["outputs"] == ["probs", "logits"]
-    _, _, blob = load_model_checkpoint(ckpt)
-    x = export.example_input(blob, 4)
+    x = export.example_input(load_model(ckpt), 4)
     probs, logits = program.module()(x)
     torch.testing.assert_close(logits, _eager(ckpt, x)[1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(probs.sum(1), torch.ones(4))

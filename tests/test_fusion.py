@@ -10,6 +10,9 @@ of 2 inner splits, tiny models and few epochs (one Ray Train fit per branch).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,7 +73,6 @@ def test_pairing_aligns_by_id_and_checks_labels():
 
 @pytest.fixture(scope="module")
 def paired_shards(tmp_path_factory, ray_session):
-    from datasets import shards
     from datasets.synthetic_paired import write_paired_set
     from distributed import preprocess
 
@@ -82,7 +84,7 @@ def paired_shards(tmp_path_factory, ray_session):
         argv = [kind, "--source", str(root / "raw" / sub), "--out", out[kind], "--folds", "3",
                 "--inner-folds", "2", *extra]  # fmt: skip
         assert preprocess.main(argv) == 0
-    fm, gm = (shards.read_manifest(out[k]) for k in ("facial", "gesture"))
+    fm, gm = (json.loads((Path(out[k]) / "manifest.json").read_text()) for k in out)
     assert fm["folds"] == gm["folds"] and fm["classes"] == gm["classes"]
     assert fm["counts"]["centre_cropped"] == 0
     return out
@@ -91,7 +93,6 @@ def paired_shards(tmp_path_factory, ray_session):
 @pytest.mark.slow  # two Ray Train fits per fold; covered by benchmarks/fusion.py (pytest -m slow)
 @pytest.mark.timeout(1200)
 def test_fused_model_beats_each_branch_on_the_paired_set(paired_shards, tmp_path, ray_session):
-    from datasets import shards
     from distributed.config import default_config
 
     # head="p3": the facial score is the LSTM over clip features, the head that learns first; the
@@ -103,7 +104,7 @@ def test_fused_model_beats_each_branch_on_the_paired_set(paired_shards, tmp_path
                              batch_size=8, lr=1e-2, epochs=10)  # fmt: skip
     report = fusion.run_fusion(facial, gesture, paired_shards["facial"], paired_shards["gesture"],
                                folds=2, inner=1, storage_path=str(tmp_path), name="fz")  # fmt: skip
-    manifest = shards.read_manifest(paired_shards["facial"])
+    manifest = json.loads((Path(paired_shards["facial"]) / "manifest.json").read_text())
     assert [f["outer"] for f in report["folds"]] == [0, 1]
     for f in report["folds"]:
         # scored on exactly the outer test fold; w chosen on the inner validation split

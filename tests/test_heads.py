@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from distributed import export
 from distributed.config import default_config
+from branches import DataInfo
 from distributed.steps import EpochStats, build, head_probs, loss_of, predict_probs
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,7 +50,7 @@ def test_head_probs_and_predict_probs_follow_the_head():
     for head in ("fused", "p1", "p2", "p3"):
         cfg = default_config("facial", head=head, **SMALL)
         torch.manual_seed(1)
-        model = build(cfg, 4).eval()
+        model = build(cfg, DataInfo(tuple("abcd"), {})).eval()
         out = model(x)
         probs = predict_probs(cfg, model, x)
         assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
@@ -79,7 +80,7 @@ def test_faithful_loss_switch():
 def test_export_wrapper_returns_the_heads_probabilities():
     cfg = default_config("facial", head="p3", **SMALL)
     torch.manual_seed(0)
-    model = build(cfg, 3).eval()
+    model = build(cfg, DataInfo(tuple("abc"), {})).eval()
     x = torch.randint(0, 256, (2, 2, 2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         probs, p1, p2, p3, fused = export.ExportWrapper(model, "facial", cfg.head)(x)

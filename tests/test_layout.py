@@ -19,3 +19,20 @@ def test_models_import_neither_ray_nor_datasets():
         text = path.read_text()
         for banned in ("import ray", "from ray", "import datasets", "from datasets", ".cuda("):
             assert banned not in text, f"{path.name} contains {banned!r}"
+
+
+def test_the_core_imports_no_ray():
+    """Config, steps, checkpoints, collates, evaluation, the Predictor, export and plots are
+    Ray-free: importing the evaluate/predict/export CLIs must not load Ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import distributed.evaluate, distributed.predict, distributed.export, "
+        "distributed.predictor, distributed.plots, branches; "
+        "print('ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(ROOT))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from datasets import shards
+from datasets.manifest import read_manifest
 from distributed.config import default_config
 from distributed.data import fold_dataset, make_collate
 from distributed.steps import build, model_inputs
+from distributed.trainer import data_info
 from distributed.worker import recompute_bn_stats
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,13 +45,13 @@ def _reference_stats(cfg, model, ds):
 
 
 def test_precise_bn_replaces_running_stats_by_the_pass_average(gesture_shards, ray_session):
-    manifest = shards.read_manifest(gesture_shards)
-    ids = manifest["folds"]["outer"][0]["inner"][0]["train"]
+    manifest = read_manifest(gesture_shards)
+    ids = manifest.outer(0).inner[0].train
     cfg = default_config(
         "gesture", rep_size=16, rep_length=24, width=8, se_reduction=4, batch_size=5
     )
     torch.manual_seed(0)
-    model = build(cfg, len(manifest["classes"]), manifest["num_joints"])
+    model = build(cfg, data_info(manifest))
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     assert bns
     for m in bns:  # stale statistics, as after an epoch of moving weights

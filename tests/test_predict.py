@@ -18,9 +18,11 @@ import torch
 from datasets import shards
 from distributed import predict
 from distributed.config import default_config
-from distributed.evaluate import predict_fold
-from distributed.steps import build, load_model_checkpoint, save_model_checkpoint
-from distributed.train import preprocessing_of
+from datasets.manifest import read_manifest
+from distributed.checkpoint import TrainedOn, load_model, save_model
+from distributed.evaluation import predict_fold
+from distributed.steps import build
+from distributed.trainer import data_info
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,15 +30,13 @@ FACIAL = dict(clips=2, frames=2, lstm1=16, lstm2=8, dropout=0.0)
 GESTURE = dict(rep_size=32, rep_length=48, width=16, se_reduction=4)
 
 
-def _checkpoint(path, root, cfg, num_joints=None):
-    manifest = shards.read_manifest(root)
+def _checkpoint(path, root, cfg):
+    data = data_info(read_manifest(root))
     torch.manual_seed(0)
-    model = build(cfg, len(manifest["classes"]), num_joints).eval()
-    if cfg.kind == "facial":
-        _spread_head(model, root, cfg)
-    save_model_checkpoint(str(path), model, cfg, cfg.model_kwargs(len(manifest["classes"]),
-                          num_joints), manifest["classes"], preprocessing_of(manifest, cfg),
-                          {"outer": None}, "test")  # fmt: skip
+    model = build(cfg, data).eval()
+    if cfg.branch == "facial":
+        _spread_head(model, root, cfg.model)
+    save_model(str(path), model, cfg, data, TrainedOn(), "test")
     return str(path)
 
 
@@ -77,8 +77,7 @@ def facial_ckpt(facial_pair_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gesture_ckpt(gesture_shards, tmp_path_factory):
     path = tmp_path_factory.mktemp("pred") / "gesture.pt"
-    nj = shards.read_manifest(gesture_shards)["num_joints"]
-    return _checkpoint(path, gesture_shards, default_config("gesture", **GESTURE), nj)
+    return _checkpoint(path, gesture_shards, default_config("gesture", **GESTURE))
 
 
 def _rows(root, n):
@@ -89,8 +88,7 @@ def _rows(root, n):
 
 
 def _evaluate(ckpt, root, ids):
-    model, cfg, _ = load_model_checkpoint(ckpt)
-    got_ids, _, probs = predict_fold(model, cfg, root, ids)
+    got_ids, _, probs = predict_fold(load_model(ckpt), root, ids)
     return dict(zip(got_ids, probs))
 
 
@@ -98,7 +96,8 @@ def test_facial_predict_matches_evaluate_on_the_raw_videos(facial_ckpt, facial_p
     ids, sources = _rows(facial_pair_shards, 6)
     expected = _evaluate(facial_ckpt, facial_pair_shards, ids)
     p = predict.Predictor.from_checkpoint(facial_ckpt)
-    assert p.pre["size"] == 48 and p.pre["detector"] == "haar" and (p.clips, p.frames) == (2, 2)
+    assert p.data.options["size"] == 48 and p.data.options["detector"] == "haar"
+    assert (p.cfg.model.clips, p.cfg.model.frames) == (2, 2)
     got = {i: p.predict_path(s) for i, s in zip(ids, sources)}
     names = p.class_names
     probs = np.array([[got[i].probabilities[c] for c in names] for i in ids])
@@ -112,8 +111,7 @@ def test_facial_predict_matches_evaluate_on_the_raw_videos(facial_ckpt, facial_p
         tl = got[i].timeline
         assert len(tl) == 2 and tl[0].start_frame == 0 and tl[-1].end_frame == got[i].n_frames - 1
     # the same model on other preprocessing (no face detection: centre crop) gives other numbers
-    other = predict.Predictor(p.model, p.cfg, p.blob)
-    other.pre = {**p.pre, "detector": "none"}
+    other = p.with_options(detector="none")
     moved = np.array([[other.predict_path(s).probabilities[c] for c in names] for s in sources])
     assert np.abs(moved - ref).max() > 1e-4
 
@@ -139,11 +137,14 @@ def test_timeline_is_the_clip_stream_and_accepts_more_clips(facial_ckpt, facial_
     # slow reference: run the model on the 4-clip input and average nothing: per-clip softmax
     from datasets.clips import sample_clips
 
-    x = torch.from_numpy(sample_clips(prep.data, 4, 2)[None]).permute(0, 1, 2, 5, 3, 4)
+    row = prep.table.to_pylist()[0]
+    video = shards.facial_frames(row["frames"], row["n_frames"], row["size"])
+    x = torch.from_numpy(sample_clips(video, 4, 2)[None]).permute(0, 1, 2, 5, 3, 4)
+    model = p.mf.model
     with torch.no_grad():
-        feats = p.model.forward_features(x)  # (1, 4, 512)
-        ref = torch.stack([p.model.head.clip_fc(feats[0, c]).softmax(-1) for c in range(4)])
-        p1 = p.model(x)["p1"][0]
+        feats = model.forward_features(x)  # (1, 4, 512)
+        ref = torch.stack([model.head.clip_fc(feats[0, c]).softmax(-1) for c in range(4)])
+        p1 = model(x)["p1"][0]
     tl = np.array([list(c.probabilities.values()) for c in pred.timeline])
     np.testing.assert_allclose(tl, ref.numpy(), atol=1e-5)
     np.testing.assert_allclose(tl.mean(0), p1.numpy(), atol=1e-5)
@@ -176,8 +177,7 @@ def test_gesture_predict_matches_evaluate(gesture_ckpt, gesture_shards):
         list(p.predict_joints(joints).probabilities.values()), ref[0], atol=1e-5
     )
     # without filling the missing joints the representation changes
-    other = predict.Predictor(p.model, p.cfg, p.blob)
-    other.pre = {**p.pre, "fill_missing": False}
+    other = p.with_options(fill_missing=False)
     moved = [list(other.predict_path(s).probabilities.values()) for s in sources]
     assert np.abs(np.array(moved) - ref).max() > 1e-4
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from datasets import shards, storage
+from datasets.manifest import Counts, Manifest, read_manifest, write_manifest
 
 
 def _facial_rows(n=3, size=8, seed=0):
@@ -103,9 +104,10 @@ def test_file_uri_storage(tmp_path):
     root = "file://" + str(tmp_path / "u")
     storage.makedirs(root)
     shards.write_shard(shards.facial_table(_facial_rows(2)), shards.shard_path(root, 0))
-    shards.write_manifest(root, {"kind": "facial", "classes": ["a", "b"]})
+    counts = Counts(2, 2, 0, 0, {"a": 1, "b": 1}, 2)
+    write_manifest(root, Manifest("facial", ("a", "b"), {}, counts, None))
     assert storage.list_files(root)[0].startswith("file://")
-    assert shards.read_manifest(root)["classes"] == ["a", "b"]
+    assert read_manifest(root).classes == ("a", "b")
     assert shards.read_table(root).num_rows == 2
     assert shards.read_table(str(tmp_path / "u")).num_rows == 2  # same files as a plain path
 
@@ -113,7 +115,7 @@ def test_file_uri_storage(tmp_path):
 def test_manifest_version_checked(tmp_path):
     storage.atomic_write_bytes(str(tmp_path / "manifest.json"), b'{"schema_version": 99}')
     with pytest.raises(ValueError, match="schema version 99"):
-        shards.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
 
 
 def test_stale_temporaries_removed(tmp_path):

@@ -1,15 +1,16 @@
 """Ray Train (V2) training: DDP sync, learning, model selection, checkpoints, fault tolerance."""
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from datasets import shards
+from datasets.manifest import read_manifest
+from distributed.checkpoint import TrainedOn, load_model
 from distributed.config import default_config
-from distributed.train import FoldSpec, export_model, fit_folds
+from distributed.trainer import FoldSpec, Resources, export_model, fit_folds, prepare_datasets
+from tests import faults
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -28,23 +29,20 @@ GESTURE_SMALL = dict(rep_size=32, rep_length=48, width=16, se_reduction=4, batch
 def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     gesture_shards, tmp_path, ray_session
 ):
-    manifest = shards.read_manifest(gesture_shards)
-    outer = manifest["folds"]["outer"][0]
-    split = outer["inner"][0]
-    spec = FoldSpec(tuple(split["train"]), tuple(split["val"]), {"outer": 0, "inner": 0})
+    manifest = read_manifest(gesture_shards)
+    outer = manifest.outer(0)
+    split = outer.inner[0]
+    spec = FoldSpec(split.train, split.val, TrainedOn(0, 0))
     cfg = default_config("gesture", epochs=12, **GESTURE_SMALL)
     dump = tmp_path / "params"
     dump.mkdir()
     result = fit_folds(
         cfg,
-        gesture_shards,
-        [spec],
-        workers=2,
-        cpus_per_worker=0.5,
+        prepare_datasets(gesture_shards, [spec], frozenset(outer.test)),
+        resources=Resources(workers=2, cpus_per_worker=0.5),
         storage_path=str(tmp_path),
         name="ddp",
-        dump_params_dir=str(dump),
-        forbidden_ids=frozenset(outer["test"]),
+        loop=faults.dumping_params(str(dump)),
     )
     # DDP really synchronises: both ranks end with bit-identical parameters.
     a = torch.load(dump / "fold0-rank0.pt", weights_only=True)
@@ -55,8 +53,8 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     df = result.history
     assert list(df["epoch"]) == list(range(12))
     # Each worker trained on its half; the reported counts are the whole split.
-    assert (df["train_n"] == len(split["train"])).all()
-    assert (df["val_n"] == len(split["val"])).all()
+    assert (df["train_n"] == len(split.train)).all()
+    assert (df["val_n"] == len(split.val)).all()
     # ACCM learns the synthetic gestures on held-out subjects (6 classes: chance = 1/6).
     assert df["val_uar"].max() > 0.5
     # The kept model is the best validation epoch, and the file describes itself.
@@ -64,9 +62,11 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     assert result.metrics["best_epoch"] == df.loc[best_epoch, "epoch"]
     model_file = export_model(result, str(tmp_path / "model.pt"))
     blob = torch.load(model_file, weights_only=True)
-    assert blob["class_names"] == manifest["classes"]
-    assert blob["model"] == "accm" and blob["model_kwargs"]["in_channels"] == 50
-    assert blob["preprocessing"]["rep_size"] == 32 and blob["fold"] == {"outer": 0, "inner": 0}
+    mf = load_model(model_file)
+    assert mf.classes == manifest.classes
+    assert mf.config.model.name == "accm" and mf.model.config.in_channels == 50
+    assert mf.config.model.rep_size == 32 and mf.trained_on == TrainedOn(0, 0)
+    assert mf.config == cfg
     assert blob["git_commit"] and blob["seed"] == cfg.seed
 
     # evaluate on the same validation rows reproduces the selected epoch's validation UAR
@@ -94,7 +94,7 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     assert abs(summary["uar"] - df.loc[best_epoch, "val_uar"]) < 1e-6
     assert (out / "confusion.png").stat().st_size > 1000
     cm = pd.read_csv(out / "confusion.csv", index_col=0)
-    assert cm.values.sum() == len(split["val"])
+    assert cm.values.sum() == len(split.val)
 
 
 def test_worker_failure_is_survived_and_same_seed_gives_same_metrics(
@@ -104,15 +104,17 @@ def test_worker_failure_is_survived_and_same_seed_gives_same_metrics(
     with exactly the metrics of an uninterrupted run with the same seed: the resume is exact and
     training is deterministic on CPU."""
     train, val, _ = _subject_split(gesture_shards, {"s00", "s01"})
-    spec = FoldSpec(train, val, {"outer": None, "inner": None})
+    spec = FoldSpec(train, val)
     cfg = default_config("gesture", epochs=3, **GESTURE_SMALL)
     marker = tmp_path / "failed.txt"
     runs = {}
-    for name, fail in (("fail", {"fold": 0, "epoch": 1, "rank": 1, "marker": str(marker)}),
+    data = prepare_datasets(gesture_shards, [spec])
+    for name, loop in (("fail", faults.failing_once(epoch=1, rank=1, marker=str(marker))),
                        ("clean", None)):  # fmt: skip
+        extra = {"loop": loop} if loop else {}
         runs[name] = fit_folds(
-            cfg, gesture_shards, [spec], workers=2, cpus_per_worker=0.5,
-            storage_path=str(tmp_path), name=name, fail_once=fail, write_model=False,
+            cfg, data, resources=Resources(workers=2, cpus_per_worker=0.5),
+            storage_path=str(tmp_path), name=name, write_model=False, **extra,
         )  # fmt: skip
     assert marker.exists(), "the injected failure did not happen"
     failed = runs["fail"]
@@ -132,14 +134,15 @@ def test_sistcm_learns_frame_order_where_the_baseline_cannot(
     p3, the stream on the clip features: with the faithful loss (cross-entropy on p1's
     probabilities) the p1/p2/fused heads learn far more slowly on a set this small."""
     train, val, subjects = _subject_split(facial_pair_shards, {"s05", "s06"})
-    spec = FoldSpec(train, val, {})
+    spec = FoldSpec(train, val)
+    data = prepare_datasets(facial_pair_shards, [spec])
     base = default_config("facial", clips=1, frames=4, lstm1=16, lstm2=8, epochs=16,
                           batch_size=4, lr=0.01, dropout=0.0)  # fmt: skip
     scores = {}
     for model in ("sistcm", "resnet_tlstm"):
-        fit = fit_folds(replace(base, model=model), facial_pair_shards, [spec], workers=1,
-                        cpus_per_worker=1, storage_path=str(tmp_path), name=model,
-                        write_model=False)  # fmt: skip
+        fit = fit_folds(base.override(model=model), data,
+                        resources=Resources(workers=1, cpus_per_worker=1),
+                        storage_path=str(tmp_path), name=model, write_model=False)  # fmt: skip
         df = fit.history
         scores[model] = (df["train_p3_war"].max(), df["val_p3_uar"].max(),
                          df["val_p3_uar"].iloc[-3:].mean())  # fmt: skip
@@ -157,6 +160,7 @@ def test_train_cli_applies_overrides_prints_the_epochs_and_writes_the_model(
     run; the epoch table, the kept epoch and the model path are printed; the model file says what
     was trained; a config with an unknown key is refused before any Ray work."""
     import json
+    import re
 
     from distributed import train
 
@@ -175,10 +179,13 @@ def test_train_cli_applies_overrides_prints_the_epochs_and_writes_the_model(
     assert f"model: {model_file}" in out
     blob = torch.load(model_file, weights_only=True)
     assert blob["config"]["lr"] == 0.01 and blob["config"]["epochs"] == 2
-    assert blob["config"]["precise_bn"] is False and blob["config"]["width"] == 16  # smoke
-    assert blob["fold"] == {"outer": 1, "inner": 0}
+    assert blob["config"]["precise_bn"] is False
+    assert blob["config"]["model"]["width"] == 16  # smoke
+    assert blob["trained_on"] == {"outer": 1, "inner": 0, "protocol": None}
     assert int(kept.split()[2]) in (0, 1)
 
     conf.write_text(json.dumps({"learning_rate": 0.01}))
-    with pytest.raises(ValueError, match="unknown config keys.*learning_rate"):
-        train.main(argv)
+    capsys.readouterr()
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: .*cfg\.json: unknown config keys.*learning_rate", err), err

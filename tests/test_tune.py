@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed.data import ForbiddenRowError, GestureCollate
+from branches.base import ForbiddenRowError
+from branches.gesture import GestureCollate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,13 @@ def _check_results(root: Path, shards_root: str, samples: int) -> None:
     assert f"{float(folds[0]['inner_cv']):.3f}" in report
     cfg = json.loads((results / "best_config.json").read_text())
     assert cfg["per_outer_fold"][0]["params"]["width"] == int(best["width"])
-    for png in ("optimisation_history.png", "param_importances.png", "confusion.png"):
+    for png in ("optimisation_history.png", "confusion.png"):
         assert (results / png).stat().st_size > 1000
+    # Importances need >= 3 complete trials with different scores; without them, a sentence.
+    if (results / "param_importances.png").exists():
+        assert (results / "param_importances.png").stat().st_size > 1000
+    else:
+        assert "Parameter importances: not computed" in report
     # The outer test fold was scored once, by the final model, on exactly its rows.
     manifest = json.loads((Path(shards_root) / "manifest.json").read_text())
     final = json.loads((root / "outer0" / "final.json").read_text())
@@ -171,12 +177,13 @@ def test_search_killed_then_resumed_finishes_with_honest_reports(
 
 
 def test_concurrency_plan_keeps_a_cpu_for_data_and_waits_for_autoscaling():
-    from distributed.tune import plan_concurrency
+    from distributed.cli import UsageError
+    from distributed.search import plan_concurrency
 
     assert plan_concurrency(2, 1, 0.5, None) == 1  # 2-CPU laptop: one trial, 0.5-CPU worker
     assert plan_concurrency(8, 2, 1.0, None) == 3
     assert plan_concurrency(8, 2, 1.0, 2) == 2
-    with pytest.raises(SystemExit, match="plus 1 for data loading"):
+    with pytest.raises(UsageError, match="plus 1 for data loading"):
         plan_concurrency(1, 1, 0.5, None)
     assert plan_concurrency(0, 1, 1.0, 4, autoscaling=True) == 4  # GPU nodes not up yet
 
@@ -186,20 +193,19 @@ def test_concurrency_plan_keeps_a_cpu_for_data_and_waits_for_autoscaling():
 def test_every_point_of_the_built_in_spaces_is_a_valid_config(kind, smoke):
     """Start points and every choice value build a TrainConfig (a typo fails here, not in a
     trial hours into a search); the smoke face space searches the predicting head."""
-    from dataclasses import fields
-
-    from distributed.config import SMOKE, TrainConfig, default_config
+    from branches import get_branch
+    from distributed.config import default_config, flat_keys
     from distributed.search_space import load_space
 
     space = load_space(kind, smoke=smoke)
-    base = default_config(kind, **(SMOKE[kind] if smoke else {}))
+    base = default_config(kind, **(get_branch(kind).smoke if smoke else {}))
     assert space.start and all(set(p) == set(space.space) for p in space.start)
     for point in space.start:
-        TrainConfig(**{**base.to_dict(), **point})
+        base.override(**point)
     for name, spec in space.space.items():
-        assert name in {f.name for f in fields(TrainConfig)}
+        assert name in flat_keys(kind)
         for value in spec.get("choice", []):
-            TrainConfig(**{**base.to_dict(), name: value})
+            assert base.override(**{name: value}).flat()[name] == value
     if kind == "facial" and smoke:
         assert set(space.space["head"]["choice"]) == {"fused", "p3"}
         assert {p["head"] for p in space.start} == {"fused", "p3"}

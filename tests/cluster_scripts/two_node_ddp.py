@@ -54,33 +54,32 @@ def main(shards_root: str, storage_uri: str, out_json: str) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from datasets import shards
+    from branches import get_branch
+    from datasets.manifest import read_manifest
+    from distributed.checkpoint import TrainedOn
     from distributed.common import init_ray
-    from distributed.config import SMOKE, default_config
-    from distributed.train import FoldSpec, fit_folds
+    from distributed.config import default_config
+    from distributed.trainer import FoldSpec, Resources, fit_folds, prepare_datasets
+    from tests import faults
 
     cluster = start_cluster(Cluster)
     try:
         init_ray(address=cluster.address)
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        manifest = shards.read_manifest(shards_root)
-        inner = manifest["folds"]["outer"][0]["inner"][0]
-        spec = FoldSpec(tuple(inner["train"]), tuple(inner["val"]), {"outer": 0, "inner": 0})
-        cfg = default_config("gesture", **{**SMOKE["gesture"], "epochs": 1})
+        inner = read_manifest(shards_root).outer(0).inner[0]
+        spec = FoldSpec(inner.train, inner.val, TrainedOn(0, 0))
+        cfg = default_config("gesture", **{**get_branch("gesture").smoke, "epochs": 1})
         dump = Path(out_json).with_suffix(".params")
         dump.mkdir(parents=True, exist_ok=True)
         fit_folds(
             cfg,
-            shards_root,
-            [spec],
-            workers=2,
-            cpus_per_worker=0.5,
+            prepare_datasets(shards_root, [spec]),
+            resources=Resources(workers=2, cpus_per_worker=0.5, placement_strategy="STRICT_SPREAD"),
             storage_path=storage_uri,
             name="two-node",
             write_model=False,
             max_failures=0,
-            dump_params_dir=str(dump),
-            placement_strategy="STRICT_SPREAD",
+            loop=faults.dumping_params(str(dump)),
         )
         # Actor records stay in the GCS after the actors exit: where did the workers run?
         actors = ray._private.state.actors().values()

@@ -1,0 +1,113 @@
+"""Per-item preprocessing: one source item (video, image sequence, joint file) -> one shard row.
+
+These are the deterministic steps that run once, offline (decode, detect, crop, resize; read and
+fill joints). The Ray job (``distributed.preprocess``) calls them per planned shard, and
+prediction (``distributed.predictor``) calls the very same functions on new inputs, so a
+predicted item is preprocessed exactly as its training data was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datasets import shards
+from datasets.records import SourceItem
+
+# Joint files (OpenPose JSON frames come as a folder per sequence).
+JOINT_EXTENSIONS = (".json", ".csv", ".txt", ".npy", ".npz")
+
+
+@dataclass(frozen=True)
+class FacialOptions:
+    """Per-item facial preprocessing settings (recorded in the manifest and in checkpoints)."""
+
+    size: int = 224
+    detector: str = "haar"
+    every: int = 5
+    margin: float = 0.2
+    max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"crop size must be >= 8, got {self.size}")
+        if self.every < 1:
+            raise ValueError(f"detection interval must be >= 1, got {self.every}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+
+
+@dataclass(frozen=True)
+class GestureOptions:
+    """Per-item gesture preprocessing settings."""
+
+    fill_missing: bool = True
+
+
+def process_facial_item(
+    item: SourceItem, label: int, opts: FacialOptions, detector
+) -> shards.FacialRow:
+    """Decode, detect, crop and resize one video into a shard row (raises BadInput)."""
+    from datasets.video import read_frames
+
+    frames = read_frames(item.path, max_frames=opts.max_frames)
+    return facial_row(item, label, frames, opts, detector)
+
+
+def facial_row(item: SourceItem, label: int, frames: np.ndarray, opts: FacialOptions, detector):
+    """Face-track already decoded (n, H, W, 3) uint8 RGB frames into a shard row."""
+    from datasets.faces import face_track
+
+    track = face_track(frames, detector, opts.size, every=opts.every, margin=opts.margin)
+    return shards.FacialRow(
+        id=item.id,
+        subject=item.subject,
+        label=label,
+        label_name=item.label,
+        frames=track.frames,
+        face_fraction=track.face_fraction,
+        centre_cropped=track.centre_cropped,
+        source=item.path,
+    )
+
+
+def process_gesture_item(item: SourceItem, label: int, opts: GestureOptions) -> shards.GestureRow:
+    """Read one joint file, fill missing joints, into a shard row (raises BadInput)."""
+    from datasets.joints import read_joints
+
+    return gesture_row(item, label, read_joints(item.path), opts)
+
+
+def gesture_row(item: SourceItem, label: int, seq, opts: GestureOptions) -> shards.GestureRow:
+    """A ``JointSequence`` (missing joints filled if the options say so) as a shard row."""
+    from datasets.joints import fill_missing
+
+    if opts.fill_missing:
+        seq = fill_missing(seq)
+    return shards.GestureRow(
+        id=item.id,
+        subject=item.subject,
+        label=label,
+        label_name=item.label,
+        joints=seq.joints.astype(np.float32),
+        confidence=seq.confidence.astype(np.float32),
+        layout=seq.layout,
+        source=item.path,
+    )
+
+
+def video_fps(path: str) -> float | None:
+    """Frames per second a video container declares (None for folders, images, unknown)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    import cv2
+
+    cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return fps if np.isfinite(fps) and fps > 0 else None

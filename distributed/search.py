@@ -1,0 +1,325 @@
+"""The nested-CV search behind ``distributed.tune``: Ray Tune + Optuna per outer fold.
+
+For each outer fold: Optuna (TPE) proposes configurations; a trial trains one configuration on
+every inner, subject-disjoint validation split of that outer fold in ONE TorchTrainer fit and
+reports the running mean of the best validation metric after each split (ASHA stops bad trials
+early on that). The best configuration is then retrained on the whole outer training fold and
+scored on the outer test fold, which the search never reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ray.tune import Callback
+
+from datasets import storage
+from datasets.manifest import Manifest
+from distributed.checkpoint import TrainedOn
+from distributed.cli import UsageError
+from distributed.config import TrainConfig
+from distributed.search_space import SearchSpace
+from distributed.trainer import (
+    FoldData,
+    FoldSpec,
+    Resources,
+    export_model,
+    fit_folds,
+    prepare_datasets,
+)
+
+METRIC = "cv_metric"
+DRIVER_CPU = 0.01  # a trial's own driver only waits on its TorchTrainer
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What one search runs: data, the fixed part of the config, the space and the budget."""
+
+    shards: str
+    manifest: Manifest
+    base: TrainConfig
+    space: SearchSpace
+    outers: list[int]
+    samples: int
+    root: str  # STORAGE/NAME
+    resources: Resources
+    concurrency: int
+    resume: bool = False
+    verbose: int = 1
+
+
+def inner_specs(manifest: Manifest, outer: int) -> list[FoldSpec]:
+    return [
+        FoldSpec(s.train, s.val, TrainedOn(outer, j))
+        for j, s in enumerate(manifest.outer(outer).inner)
+    ]
+
+
+def outer_test_ids(manifest: Manifest, outer: int) -> frozenset[str]:
+    """The outer test fold: no trial may read these rows (checked when batches are built)."""
+    return frozenset(manifest.outer(outer).test)
+
+
+def plan_concurrency(
+    total_cpus: float,
+    workers: int,
+    cpus_per_worker: float,
+    wanted: int | None,
+    autoscaling: bool = False,
+) -> int:
+    """Trials that fit at once, keeping one CPU for Ray Data tasks (avoids the 2-CPU hang).
+
+    On a cluster that autoscales from zero (``autoscaling``), the CPUs up now say nothing about
+    what will come: ``wanted`` (or 1) trials are started and wait for the autoscaler's nodes.
+    """
+    per_trial = workers * cpus_per_worker + DRIVER_CPU
+    fit = int((total_cpus - 1.0) // per_trial)
+    if fit < 1:
+        if autoscaling:
+            return wanted or 1
+        raise UsageError(
+            f"a trial needs {per_trial:.2f} CPUs plus 1 for data loading, the cluster has "
+            f"{total_cpus:g}; lower --workers-per-trial or --cpus-per-worker"
+        )
+    return min(fit, wanted) if wanted else fit
+
+
+def trial_driver(
+    config: dict,
+    *,
+    base: dict,
+    outer: int,
+    resources: Resources,
+    train_storage: str,
+    data: FoldData,
+) -> None:
+    """Tune function trainable: one configuration on every inner split, one TorchTrainer fit.
+
+    ``data`` holds the inner folds' datasets, read once by the driver for all trials."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = TrainConfig.from_dict(base).override(where="trial", **config)
+    trial_id = tune.get_context().get_trial_id()
+    fit_folds(
+        cfg,
+        data,
+        resources=resources,
+        storage_path=train_storage,
+        name=f"outer{outer}-{trial_id}",
+        write_model=False,
+        callbacks=[TuneReportCallback()],
+    )
+
+
+def optuna_storage(root: str, outer: int) -> dict:
+    """A journal file next to the experiment holds the Optuna study, so the study (every trial
+    and its value) survives a killed driver and can be inspected with Optuna; on remote storage
+    the searcher state saved by Tune is used alone."""
+    local = storage.local_path(root)
+    if local is None:
+        return {}
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    os.makedirs(local, exist_ok=True)
+    backend = JournalFileBackend(os.path.join(local, f"optuna-outer{outer}.journal"))
+    return {"storage": JournalStorage(backend), "study_name": f"outer{outer}"}
+
+
+class SchedulerSaver(Callback):
+    """Tune callback that persists the trial scheduler's state after every result (Tune restores
+    the searcher on resume, not the scheduler)."""
+
+    def __init__(self, scheduler, path: str):
+        self.scheduler, self.path = scheduler, path
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._save()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._save()
+
+    def _save(self) -> None:
+        storage.atomic_write_bytes(self.path, pickle.dumps(self.scheduler.__dict__))
+
+
+def search_outer_fold(plan: SearchPlan, outer: int):
+    """Run (or resume) the search of one outer fold; returns Tune's ResultGrid."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    manifest, root = plan.manifest, plan.root
+    n_inner = len(manifest.outer(outer).inner)
+    data = prepare_datasets(
+        plan.shards, inner_specs(manifest, outer), outer_test_ids(manifest, outer)
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_driver,
+            base=plan.base.to_dict(),
+            outer=outer,
+            resources=plan.resources,
+            train_storage=storage.join(root, "train"),
+            data=data,
+        ),
+        {"CPU": DRIVER_CPU},
+    )
+    exp_path = storage.join(root, f"outer{outer}")
+    asha_path = storage.join(root, f"asha-outer{outer}.pkl")
+    if plan.resume and tune.Tuner.can_restore(exp_path):
+        print(f"outer fold {outer}: resuming the search in {exp_path}")
+        tuner = tune.Tuner.restore(
+            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        # Tune restores the searcher but not the scheduler: put ASHA's rungs back, or trials
+        # finished before the interruption would no longer count when cutting new ones.
+        if storage.exists(asha_path):
+            scheduler = tuner._local_tuner._tune_config.scheduler
+            saved = pickle.loads(storage.read_bytes(asha_path))
+            # metric and mode are set again by Tune when the restored run starts
+            for key in ("_metric", "_mode", "_metric_op"):
+                saved.pop(key, None)
+            scheduler.__dict__.update(saved)
+    else:
+        searcher = OptunaSearch(
+            points_to_evaluate=plan.space.start or None,
+            seed=plan.base.seed + outer,
+            **optuna_storage(root, outer),
+        )
+        asha = ASHAScheduler(
+            time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=plan.space.tune_space(),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                num_samples=plan.samples,
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency),
+                scheduler=asha,
+            ),
+            run_config=tune.RunConfig(
+                name=f"outer{outer}",
+                storage_path=root,
+                verbose=plan.verbose,
+                callbacks=[SchedulerSaver(asha, asha_path)],
+            ),
+        )
+    return tuner.fit()
+
+
+def trial_rows(grid, outer: int, n_inner: int, space: SearchSpace) -> list[dict]:
+    """One row per trial: parameters, final running mean, folds finished, best epochs."""
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        df = result.metrics_dataframe
+        epochs = []
+        if df is not None and "best_epoch" in df and "folds_done" in df:
+            ends = df[df["folds_done"].diff().fillna(df["folds_done"]) > 0]
+            epochs = [int(e) for e in ends["best_epoch"].tolist()]
+        rows.append(
+            {
+                "outer": outer,
+                "trial_id": m.get(
+                    "trial_id", result.path.rsplit("_", 2)[-2] if result.path else ""
+                ),
+                **{k: result.config.get(k) for k in space.space},
+                METRIC: m.get(METRIC, float("nan")),
+                "folds_done": int(m.get("folds_done", 0)),
+                "complete": int(m.get("folds_done", 0)) == n_inner and result.error is None,
+                "best_epochs": epochs,
+                "error": str(result.error)[:200] if result.error else "",
+            }
+        )
+    return rows
+
+
+def best_of(rows: list[dict]) -> dict:
+    complete = [r for r in rows if r["complete"] and np.isfinite(r[METRIC])]
+    if not complete:
+        raise RuntimeError("no trial finished every inner fold; see trials.csv for the errors")
+    return max(complete, key=lambda r: r[METRIC])
+
+
+def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int) -> dict:
+    """Retrain the chosen configuration on the outer training fold, score the outer test fold."""
+    from distributed.checkpoint import load_model
+    from distributed.evaluation import predict_fold, summarise
+
+    root = plan.root
+    done_path = storage.join(root, f"outer{outer}", "final.json")
+    if plan.resume and storage.exists(done_path):
+        return json.loads(storage.read_bytes(done_path))
+    fold = plan.manifest.outer(outer)
+    spec = FoldSpec(fold.train, None, TrainedOn(outer, None))
+    data = prepare_datasets(plan.shards, [spec])
+    fit = fit_folds(
+        cfg,
+        data,
+        resources=plan.resources,
+        storage_path=storage.join(root, "train"),
+        name=f"outer{outer}-final",
+    )
+    model_file = export_model(fit, storage.join(root, "models", f"outer{outer}.pt"))
+    mf = load_model(storage.read_bytes(model_file), name=model_file)
+    ids, y, probs = predict_fold(mf, plan.shards, fold.test)
+    summary = summarise(y, probs.argmax(1), mf.classes)
+    summary.update(outer=outer, model=model_file, epochs=cfg.epochs, ids=ids)
+    storage.atomic_write_bytes(done_path, json.dumps(summary).encode())
+    return summary
+
+
+def run_search(plan: SearchPlan) -> str:
+    """Every outer fold of the plan, then the results folder; returns report.md's text."""
+    from distributed.common import git_commit
+    from distributed.report import write_results
+
+    t0 = time.time()
+    all_rows, finals = [], []
+    for outer in plan.outers:
+        n_inner = len(plan.manifest.outer(outer).inner)
+        grid = search_outer_fold(plan, outer)
+        rows = trial_rows(grid, outer, n_inner, plan.space)
+        best = best_of(rows)
+        params = {k: best[k] for k in plan.space.space}
+        epochs = (
+            int(round(np.mean(best["best_epochs"]))) + 1
+            if best["best_epochs"]
+            else plan.base.epochs
+        )
+        cfg = plan.base.override(where="best trial", **params, epochs=max(1, epochs))
+        summary = final_fold(plan, cfg, outer)
+        summary["params"], summary["trial_id"] = params, best["trial_id"]
+        summary["cv_metric"] = best[METRIC]
+        all_rows += rows
+        finals.append(summary)
+        print(
+            f"outer fold {outer}: WAR {summary['war']:.3f} UAR {summary['uar']:.3f} "
+            f"(best inner {plan.base.select_metric.upper()} {best[METRIC]:.3f}, params {params})"
+        )
+    return write_results(
+        plan.root,
+        shards=plan.shards,
+        samples=plan.samples,
+        manifest=plan.manifest,
+        base=plan.base,
+        space=plan.space,
+        rows=all_rows,
+        finals=finals,
+        seconds=time.time() - t0,
+        commit=git_commit(),
+    )
+
+
+__all__ = ["SearchPlan", "plan_concurrency", "run_search"]

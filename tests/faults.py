@@ -1,0 +1,73 @@
+"""Fault injection for Ray Train tests, from the outside: wrappers of the real worker function.
+
+Ray workers import this module by name (the repository root is on their ``PYTHONPATH``), so a
+test passes ``loop=faults.failing_once(...)`` or ``loop=faults.dumping_params(...)`` to
+``fit_folds``; production code has no test switches.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+def _fail_once(config: dict, *, epoch: int, rank: int, marker: str) -> None:
+    """Run the real loop, killing this worker process once when ``rank`` starts training
+    epoch ``epoch`` (the marker file records that it happened)."""
+    import ray.train
+
+    from distributed import worker
+
+    real = worker.run_epoch
+    me = ray.train.get_context().get_world_rank()
+
+    def run_epoch(*args, **kwargs):
+        if kwargs.get("train") and kwargs.get("epoch") == epoch and me == rank:
+            if not os.path.exists(marker):
+                with open(marker, "w") as f:
+                    f.write(f"failed at epoch {epoch} rank {rank}\n")
+                os._exit(1)
+        return real(*args, **kwargs)
+
+    worker.run_epoch = run_epoch
+    try:
+        worker.train_loop_per_worker(config)
+    finally:
+        worker.run_epoch = real
+
+
+def failing_once(epoch: int, rank: int, marker: str):
+    return functools.partial(_fail_once, epoch=epoch, rank=rank, marker=marker)
+
+
+def _dump_params(config: dict, *, directory: str) -> None:
+    """Run the real loop, then save every fold's final parameters of this rank."""
+    import ray.train
+    import ray.train.torch
+
+    from distributed import worker
+
+    real = ray.train.torch.prepare_model
+    models = []
+
+    def prepare_model(model, *args, **kwargs):
+        wrapped = real(model, *args, **kwargs)
+        models.append(wrapped)
+        return wrapped
+
+    ray.train.torch.prepare_model = prepare_model
+    try:
+        worker.train_loop_per_worker(config)
+    finally:
+        ray.train.torch.prepare_model = real
+    rank = ray.train.get_context().get_world_rank()
+    for fold, model in enumerate(models):
+        net = model.module if hasattr(model, "module") else model
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        torch.save(state, os.path.join(directory, f"fold{fold}-rank{rank}.pt"))
+
+
+def dumping_params(directory: str):
+    return functools.partial(_dump_params, directory=directory)
