@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from distributed import export
-from distributed.config import default_config
 from branches import DataInfo
+from distributed import export
 from distributed.checkpoint import TrainedOn, load_model, save_model
+from distributed.config import default_config
 from distributed.steps import build
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,7 +21,7 @@ def _checkpoint(path, kind, model=None):
         cfg = default_config(
             "facial", model=model or "sistcm", clips=2, frames=2, lstm1=16, lstm2=8
         )
-        pre = {"size": 32, "detector": "haar", "every": 5, "margin": 0.2, "max_frames": None}  # fmt: skip
+        pre = {"size": 32, "detector": "haar", "every": 5, "margin": 0.2, "max_frames": None}
         nj = None
     else:
         cfg = default_config("gesture", rep_size=32, rep_length=40, width=16, se_reduction=4)

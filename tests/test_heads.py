@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from branches import DataInfo
 from distributed import export
 from distributed.config import default_config
-from branches import DataInfo
 from distributed.steps import EpochStats, build, head_probs, loss_of, predict_probs
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from datasets import shards
-from distributed import predict
-from distributed.config import default_config
 from datasets.manifest import read_manifest
+from distributed import predict
 from distributed.checkpoint import TrainedOn, load_model, save_model
+from distributed.config import default_config
 from distributed.evaluation import predict_fold
 from distributed.steps import build
 from distributed.trainer import data_info
