@@ -242,26 +242,3 @@ def folds_from_json(obj: dict, ids: Sequence[str]) -> list[OuterFold]:
             )
         )
     return out
-
-
-def nested_folds(ids, subjects, labels, outer: int, inner: int, seed: int):
-    """Nested, subject-disjoint, class-stratified folds as typed id lists (for the manifest)."""
-    from datasets.manifest import Folds, InnerSplit, OuterSplit
-
-    ids = np.asarray(ids)
-    nested = nested_splits(list(subjects), list(labels), outer, inner, seed)
-
-    def names(idx) -> tuple[str, ...]:
-        return tuple(sorted(ids[idx].tolist()))
-
-    return Folds(
-        tuple(
-            OuterSplit(
-                names(f.train),
-                names(f.test),
-                tuple(InnerSplit(names(i.train), names(i.val)) for i in f.inner),
-            )
-            for f in nested
-        ),
-        seed,
-    )

@@ -1,84 +1,30 @@
-"""The typed manifest of a shard folder, and its typed folds.
+"""The typed manifest of a shard folder, and the evaluation protocols stored beside it.
 
 ``manifest.json`` (written last by the preprocessing job) says what the shards hold: the branch,
-the classes, the preprocessing options, counts, skipped items, provenance and the nested folds.
-Readers get a :class:`Manifest`, never a dict: a mistyped or unknown key fails loudly, naming the
-key and the file, and fold indices are range-checked (:meth:`Manifest.outer`).
+the classes, the preprocessing options, counts, skipped items, provenance, and the name of the
+default protocol. Protocols (outer train/test folds with inner train/val splits, as item ids;
+``datasets.protocols.Protocol``) live in ``protocols/<key>.json`` next to it, several side by
+side; ``python -m distributed.folds`` (re)writes them without touching the Parquet files.
+Readers get typed objects, never dicts: a mistyped or unknown key fails loudly, naming the key
+and the file.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import asdict, dataclass, field, fields
 
-from datasets.storage import atomic_write_bytes, join, read_bytes
+from datasets.protocols import Protocol, ProtocolError
+from datasets.storage import atomic_write_bytes, exists, join, list_files, read_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
+PROTOCOLS = "protocols"
 
 
 class ManifestError(ValueError):
     """A manifest (or its folds) that cannot be used; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class InnerSplit:
-    """One inner split of an outer training fold: ids to train on and ids to validate on."""
-
-    train: tuple[str, ...]
-    val: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class OuterSplit:
-    """One outer fold: ``test`` (held out), ``train`` (the rest) and inner splits of ``train``."""
-
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    inner: tuple[InnerSplit, ...]
-
-    def inner_split(self, j: int, where: str = "") -> InnerSplit:
-        """Inner split ``j``, range-checked."""
-        if not 0 <= j < len(self.inner):
-            raise ManifestError(
-                f"{where}inner split {j} does not exist: this outer fold has "
-                f"{len(self.inner)} (0..{len(self.inner) - 1})"
-            )
-        return self.inner[j]
-
-
-@dataclass(frozen=True)
-class Folds:
-    """Nested folds: a list of outer folds (ids sorted), and the seed that drew them."""
-
-    outer: tuple[OuterSplit, ...]
-    seed: int | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "seed": self.seed,
-            "outer": [
-                {
-                    "train": list(o.train),
-                    "test": list(o.test),
-                    "inner": [{"train": list(s.train), "val": list(s.val)} for s in o.inner],
-                }
-                for o in self.outer
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, obj: dict, where: str = "folds") -> Folds:
-        _check_keys(obj, {"seed", "outer", "version"}, where)
-        outer = []
-        for i, o in enumerate(obj["outer"]):
-            _check_keys(o, {"train", "test", "inner"}, f"{where}: outer[{i}]")
-            inner = []
-            for j, s in enumerate(o["inner"]):
-                _check_keys(s, {"train", "val"}, f"{where}: outer[{i}].inner[{j}]")
-                inner.append(InnerSplit(tuple(s["train"]), tuple(s["val"])))
-            outer.append(OuterSplit(tuple(o["train"]), tuple(o["test"]), tuple(inner)))
-        return cls(tuple(outer), obj.get("seed"))
 
 
 @dataclass(frozen=True)
@@ -101,7 +47,7 @@ class Manifest:
     classes: tuple[str, ...]
     options: dict
     counts: Counts
-    folds: Folds | None
+    protocol: str | None = None  # key of the default protocol (None: the data could not fill one)
     source: str = ""
     layout: str = ""
     num_joints: int | None = None
@@ -111,26 +57,10 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     path: str = field(default="", compare=False)  # where it was read from (for messages)
 
-    def outer(self, i: int) -> OuterSplit:
-        """Outer fold ``i``, range-checked (a clear error instead of an IndexError)."""
-        if self.folds is None:
-            raise ManifestError(f"{self.path}: these shards have no folds")
-        n = len(self.folds.outer)
-        if not 0 <= i < n:
-            raise ManifestError(
-                f"{self.path}: outer fold {i} does not exist; the folds are 0..{n - 1}"
-            )
-        return self.folds.outer[i]
-
-    @property
-    def n_outer(self) -> int:
-        return 0 if self.folds is None else len(self.folds.outer)
-
     def to_json(self) -> dict:
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         body["classes"] = list(self.classes)
         body["counts"] = asdict(self.counts)
-        body["folds"] = None if self.folds is None else self.folds.to_json()
         body["skipped"] = [list(s) for s in self.skipped]
         body["centre_cropped"] = list(self.centre_cropped)
         return body
@@ -146,13 +76,12 @@ class Manifest:
             )
         counts = obj["counts"]
         _check_keys(counts, {f.name for f in fields(Counts)}, f"{path}: counts")
-        folds = obj.get("folds")
         return cls(
             kind=obj["kind"],
             classes=tuple(obj["classes"]),
             options=dict(obj.get("options") or {}),
             counts=Counts(**counts),
-            folds=None if folds is None else Folds.from_json(folds, f"{path}: folds"),
+            protocol=obj.get("protocol"),
             source=obj.get("source", ""),
             layout=obj.get("layout", ""),
             num_joints=obj.get("num_joints"),
@@ -190,3 +119,61 @@ def read_manifest(root: str) -> Manifest:
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON ({err})") from None
     return Manifest.from_json(obj, path)
+
+
+KEY_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def check_key(key: str) -> str:
+    """A protocol key is a file-name-safe word (``subjects``, ``lists``, ``dfew``, ...)."""
+    if not key or set(key) - KEY_CHARS:
+        raise ManifestError(f"protocol name {key!r}: use lower-case letters, digits, - and _")
+    return key
+
+
+def protocol_path(root: str, key: str) -> str:
+    return join(root, PROTOCOLS, f"{check_key(key)}.json")
+
+
+def write_protocol(root: str, key: str, protocol: Protocol) -> str:
+    """Store ``protocol`` under ``key`` in the shard folder (atomically); returns its path."""
+    path = protocol_path(root, key)
+    atomic_write_bytes(path, json.dumps(protocol.to_json(), indent=1).encode())
+    return path
+
+
+def list_protocols(root: str) -> list[str]:
+    """Keys of the protocols stored in a shard folder."""
+    names = [posixpath.basename(p) for p in list_files(join(root, PROTOCOLS))]
+    return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and ".tmp-" not in n)
+
+
+def no_protocol_hint(root: str) -> str:
+    return (
+        f"{root} has no folds yet; write them with `python -m distributed.folds {root} "
+        "--protocol subjects --folds K --inner-folds J` (or --protocol lists --fold-lists DIR)"
+    )
+
+
+def read_protocol(root: str, manifest: Manifest, key: str | None = None) -> tuple[str, Protocol]:
+    """(key, protocol): ``key``, or the manifest's default protocol. A clear error when the
+    shards have none or the key is unknown (listing the ones there are)."""
+    key = key or manifest.protocol
+    if key is None:
+        there = list_protocols(root)
+        if not there:
+            raise ManifestError(no_protocol_hint(root))
+        raise ManifestError(
+            f"{root}: no default protocol; choose one with --protocol ({', '.join(there)})"
+        )
+    path = protocol_path(root, key)
+    if not exists(path):
+        there = list_protocols(root)
+        raise ManifestError(
+            f"{root}: no protocol {key!r}; stored: {', '.join(there) or 'none'} "
+            f"({no_protocol_hint(root)})"
+        )
+    try:
+        return key, Protocol.from_json(json.loads(read_bytes(path)))
+    except (json.JSONDecodeError, ProtocolError) as err:
+        raise ManifestError(f"{path}: {err}") from None

@@ -62,6 +62,15 @@ class OuterSplit:
         object.__setattr__(self, "test", _ids(self.test))
         object.__setattr__(self, "inner", tuple(self.inner))
 
+    def inner_split(self, j: int, where: str = "") -> InnerSplit:
+        """Inner split ``j``, range-checked."""
+        if not 0 <= j < len(self.inner):
+            raise ProtocolError(
+                f"{where}inner split {j} does not exist: this outer fold has "
+                f"{len(self.inner)} (0..{len(self.inner) - 1})"
+            )
+        return self.inner[j]
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -73,6 +82,15 @@ class Protocol:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outer", tuple(self.outer))
+
+    def fold(self, i: int) -> OuterSplit:
+        """Outer fold ``i``, range-checked (a clear error instead of an IndexError)."""
+        if not 0 <= i < len(self.outer):
+            raise ProtocolError(
+                f"{self.name}: outer fold {i} does not exist; the folds are "
+                f"0..{len(self.outer) - 1}"
+            )
+        return self.outer[i]
 
     def to_json(self) -> dict:
         """``{"name", "description", "outer": [{"train", "test", "inner": [{"train", "val"}]}]}``

@@ -17,11 +17,20 @@ class UsageError(ValueError):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from datasets.manifest import ManifestError
+    from datasets.protocols import ProtocolError
     from datasets.records import BadInput
     from distributed.checkpoint import CheckpointError
     from distributed.config import ConfigError
 
-    return (UsageError, ConfigError, ManifestError, CheckpointError, BadInput, FileNotFoundError)
+    return (
+        UsageError,
+        ConfigError,
+        ManifestError,
+        ProtocolError,
+        CheckpointError,
+        BadInput,
+        FileNotFoundError,
+    )
 
 
 def run(main: Callable[[], int]) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 from branches import get_branch
 from datasets import storage
-from datasets.manifest import MANIFEST
+from datasets.manifest import MANIFEST, ManifestError, read_manifest
 from distributed.common import REPO_ROOT
 
 
@@ -25,6 +27,11 @@ def demo_shards(branch: str, smoke: bool) -> str:
     extra = demo.smoke_preprocess_args if smoke else demo.preprocess_args
     suffix = "".join(f"-s{v}" for k, v in zip(extra[::2], extra[1::2]) if k == "--size")
     out = base / "shards" / f"{raw.name}{suffix}"
+    if storage.exists(str(out / MANIFEST)):
+        try:
+            read_manifest(str(out))
+        except ManifestError:  # a cache written by an older version: ours to redo
+            shutil.rmtree(out)
     if not storage.exists(str(out / MANIFEST)):
         argv = [
             b.name,

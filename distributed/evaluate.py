@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from datasets import storage
-from datasets.manifest import read_manifest
+from datasets.manifest import read_manifest, read_protocol
 from distributed import cli
 from distributed.checkpoint import load_model
 from distributed.evaluation import predict_fold, summarise, write_report
@@ -27,6 +27,7 @@ class EvaluateArgs:
     shards: str
     fold: int
     inner: int | None = None
+    protocol: str | None = None
     out: str | None = None
     device: str = "cpu"
 
@@ -40,7 +41,8 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
             f"{args.shards}: classes {list(manifest.classes)} differ from the "
             f"checkpoint's {list(mf.classes)}"
         )
-    outer = manifest.outer(args.fold)
+    _, protocol = read_protocol(args.shards, manifest, args.protocol)
+    outer = protocol.fold(args.fold)
     where = f"{args.shards}: outer fold {args.fold}: "
     ids = outer.test if args.inner is None else outer.inner_split(args.inner, where).val
     ids_seen, y, probs = predict_fold(mf, args.shards, ids, args.device)
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True)
     p.add_argument("--fold", type=int, required=True, help="outer fold whose test split is scored")
     p.add_argument("--inner", type=int, default=None, help="score inner split J's validation rows")
+    p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
     p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint)")
     p.add_argument("--device", default="cpu")
     return p

@@ -34,7 +34,8 @@ import sys
 import numpy as np
 
 from datasets import shards, storage
-from datasets.manifest import Manifest, read_manifest
+from datasets.manifest import read_manifest, read_protocol
+from datasets.protocols import Protocol
 from distributed.metrics import confusion, uar, war
 
 RULES = ("log", "linear")
@@ -105,9 +106,9 @@ def _keep_models_callback(out_dir: str, epochs: int):
     return KeepSplitModels()
 
 
-def plan_splits(manifest: Manifest, folds: int | None, inner: int | None) -> list[dict]:
+def plan_splits(protocol: Protocol, folds: int | None, inner: int | None) -> list[dict]:
     """[{outer, inner (None = the whole outer training fold), train ids, eval ids}] in order."""
-    outer = manifest.folds.outer[: folds or None]
+    outer = protocol.outer[: folds or None]
     plan = []
     for k, fold in enumerate(outer):
         for j, split in enumerate(fold.inner[: inner or None]):
@@ -168,7 +169,7 @@ def run_fusion(
     if fm.classes != gm.classes:
         raise ValueError(f"class lists differ: faces {fm.classes}, gestures {gm.classes}")
     classes, k = list(fm.classes), len(fm.classes)
-    plan = plan_splits(fm, folds, inner)
+    plan = plan_splits(read_protocol(facial_root, fm)[1], folds, inner)
     kw = dict(workers=workers, storage_path=storage_path)
     face = branch_predictions(facial_cfg, facial_root, plan, name=f"{name}-facial", **kw)
     body = branch_predictions(gesture_cfg, gesture_root, plan, name=f"{name}-gesture", **kw)

@@ -24,15 +24,16 @@ from dataclasses import asdict, dataclass
 
 from branches import BRANCHES, Branch, get_branch
 from datasets import shards, sources, storage
-from datasets.folds import nested_folds
 from datasets.manifest import Counts, Manifest, write_manifest
+from datasets.protocols import ProtocolError
 from datasets.records import BadInput, SourceItem
 from distributed import cli
 from distributed.common import git_commit, init_ray, print_table
 
 PLAN = "plan.json"
 SUMMARY_SUFFIX = ".summary.json"
-LAYOUTS = ("ckplus", "list", "folders")
+LAYOUTS = ("ckplus", "list", "folders", "dfew", "mafw", "ferv39k")
+OFFICIAL_LAYOUTS = ("dfew", "mafw", "ferv39k")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class PreprocessArgs:
     folds: int = 5
     inner_folds: int = 3
     seed: int = 0
+    fold_lists: str | None = None
     subject_pattern: str | None = None
     address: str | None = None
     num_cpus: float | None = None
@@ -81,7 +83,8 @@ def run_shard(task: dict) -> dict:
     for item in items:
         try:
             row = branch.process_item(item, label_of[item.label], opts, context)
-            if getattr(row, "centre_cropped", False):
+            # with --detector none every video is centre-cropped on purpose: nothing to report
+            if getattr(row, "centre_cropped", False) and getattr(opts, "detector", "") != "none":
                 centre.append(item.path)
             rows.append(row)
         except BadInput as e:
@@ -100,20 +103,46 @@ def _summary_path(out: str, index: int) -> str:
     return shards.shard_path(out, index) + SUMMARY_SUFFIX
 
 
-def scan(branch: Branch, source: str, layout: str, labels: str | None, subject_pattern: str | None):
-    """Find the items of a source folder: (items, skipped [(path, reason)])."""
+@dataclass(frozen=True)
+class SourceScan:
+    """What a source folder holds: usable items, skipped entries, the class order when the
+    layout fixes it, and the protocol preprocessing writes by default."""
+
+    items: list
+    skipped: list
+    classes: tuple[str, ...] | None
+    protocol: str
+
+
+def scan(branch: Branch, args: PreprocessArgs) -> SourceScan:
+    """Find the items of a source folder."""
+    source, layout = args.source, args.layout
+    if layout in ("ckplus", *OFFICIAL_LAYOUTS) and not branch.reads_video:
+        raise BadInput(
+            source, f"the {layout} layout holds videos / image sequences, not {branch.name} inputs"
+        )
+    if layout in OFFICIAL_LAYOUTS:
+        from datasets import layouts
+
+        found = {
+            "dfew": layouts.scan_dfew,
+            "mafw": layouts.scan_mafw,
+            "ferv39k": layouts.scan_ferv39k,
+        }[layout](source)
+        return SourceScan(list(found.items), list(found.skipped), tuple(found.classes), layout)
+    protocol = "lists" if args.fold_lists else "subjects"
     if layout == "ckplus":
-        if not branch.reads_video:
-            raise BadInput(
-                source, f"the ckplus layout holds image sequences, not {branch.name} inputs"
-            )
-        return sources.scan_ckplus(source)
+        items, skipped = sources.scan_ckplus(source)
+        return SourceScan(items, skipped, sources.CKPLUS_CLASSES, protocol)
     if layout == "list":
-        if not labels:
+        if not args.labels:
             raise BadInput(source, "--layout list needs --labels FILE")
-        return sources.scan_list(source, labels)
-    kwargs = {"subject_pattern": subject_pattern} if subject_pattern else {}
-    return sources.scan_folders(source, branch.source_extensions, **kwargs)
+        items, skipped = sources.scan_list(source, args.labels)
+        return SourceScan(items, skipped, None, protocol)
+    pattern = args.subject_pattern
+    kwargs = {"subject_pattern": pattern} if pattern else {}
+    items, skipped = sources.scan_folders(source, branch.source_extensions, **kwargs)
+    return SourceScan(items, skipped, None, protocol)
 
 
 def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem]]:
@@ -141,14 +170,17 @@ def preprocess(args: PreprocessArgs) -> int:
     t0 = time.time()
     branch = get_branch(args.branch)
     opts = args.options(branch)
-    items, skipped = scan(branch, args.source, args.layout, args.labels, args.subject_pattern)
-    skipped = [list(s) for s in skipped]
+    found = scan(branch, args)
+    items, skipped = found.items, [list(s) for s in found.skipped]
     if not items:
         print(f"error: {args.source}: no usable items ({len(skipped)} skipped)", file=sys.stderr)
         for path, reason in skipped:
             print(f"  skipped {path}: {reason}", file=sys.stderr)
         return 2
-    classes = list(sources.class_names_for(items))
+    classes = list(found.classes or sources.class_names_for(items))
+    if found.classes:  # the layout's own class order; drop classes with no item
+        present = {it.label for it in items}
+        classes = [c for c in classes if c in present]
     options = asdict(opts)
     plan = plan_shards(items, args.per_shard)
     plan_doc = {
@@ -199,7 +231,6 @@ def preprocess(args: PreprocessArgs) -> int:
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"{args.out}: duplicate ids across shards (a torn earlier run?)")
     subjects, labels = table["subject"].to_pylist(), table["label"].to_pylist()
-    folds = nested_folds(ids, subjects, labels, args.folds, args.inner_folds, args.seed)
     manifest = Manifest(
         kind=branch.name,
         classes=tuple(classes),
@@ -210,9 +241,8 @@ def preprocess(args: PreprocessArgs) -> int:
             skipped=len(failed),
             centre_cropped=len(centre),
             per_class=dict(Counter(classes[i] for i in labels)),
-            subjects=len(set(subjects)),
+            subjects=len({s for s in subjects if s}),
         ),
-        folds=folds,
         source=str(args.source),
         layout=args.layout,
         skipped=tuple(tuple(f) for f in failed),
@@ -221,7 +251,31 @@ def preprocess(args: PreprocessArgs) -> int:
         **branch.manifest_extra(table),
     )
     write_manifest(args.out, manifest)
+    # Folds are a step of their own (distributed.folds); the default protocol is tried here, and
+    # data that cannot fill it (one subject, a class with one item) still leaves usable shards.
+    from distributed.folds import FoldsArgs, describe, write_folds
+
+    fargs = FoldsArgs(
+        args.out,
+        found.protocol,
+        args.folds,
+        args.inner_folds,
+        args.seed,
+        args.fold_lists,
+        args.source,
+        default=True,
+    )
+    try:
+        _, protocol, _ = write_folds(fargs)
+        folds_line = f"folds: {describe(protocol)} (protocol {found.protocol!r}, the default)"
+    except ProtocolError as err:
+        folds_line = (
+            f"no folds written: {err}; choose a protocol the data can fill with "
+            f"`python -m distributed.folds {args.out} --protocol subjects --folds K "
+            "--inner-folds J`"
+        )
     _print_summary(manifest, time.time() - t0)
+    print(folds_line)
     return 0
 
 
@@ -275,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--inner-folds", type=int, default=3, help="inner validation folds per outer fold"
     )
     p.add_argument("--seed", type=int, default=0, help="fold seed")
+    p.add_argument("--fold-lists", help="trainN.txt/evalN.txt lists: the outer folds (e.g. CK+)")
     p.add_argument("--subject-pattern", help="regex whose group 1 is the subject (folders layout)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")

@@ -10,6 +10,7 @@ import numpy as np
 
 from datasets import storage
 from datasets.manifest import Manifest
+from datasets.protocols import Protocol
 from distributed.metrics import uar, war
 from distributed.plots import (
     confusion_csv,
@@ -39,6 +40,7 @@ def write_results(
     shards: str,
     samples: int,
     manifest: Manifest,
+    protocol: Protocol,
     base,
     space,
     rows,
@@ -87,14 +89,15 @@ def write_results(
     write(storage.join(out, "confusion.png"), confusion_png(cm, classes, title))
     write(storage.join(out, "confusion.csv"), confusion_csv(cm, classes))
     stopped = sum(not r["complete"] for r in rows)
-    n_inner = len(manifest.outer(finals[0]["outer"]).inner) if finals else 0
+    n_inner = len(protocol.fold(finals[0]["outer"]).inner) if finals else 0
     lines = [
         f"# Nested cross-validation: {manifest.kind}",
         "",
         f"- data: `{shards}` ({manifest.counts.written} items, "
         f"{manifest.counts.subjects} subjects, classes {', '.join(classes)})",
-        f"- outer folds run: {len(finals)} of {manifest.n_outer}; inner splits per "
-        f"outer fold: {n_inner} (subject-disjoint)",
+        f"- protocol: {protocol.name} ({protocol.description})",
+        f"- outer folds run: {len(finals)} of {len(protocol.outer)}; inner splits per "
+        f"outer fold: {n_inner}",
         f"- search: Optuna TPE + ASHA, {samples} trials per outer fold, {len(rows)} trials in "
         f"all, {stopped} stopped early; selection metric: inner validation "
         f"{base.select_metric.upper()} (mean over inner splits)",

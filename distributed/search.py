@@ -20,6 +20,7 @@ from ray.tune import Callback
 
 from datasets import storage
 from datasets.manifest import Manifest
+from datasets.protocols import Protocol
 from distributed.checkpoint import TrainedOn
 from distributed.cli import UsageError
 from distributed.config import TrainConfig
@@ -43,6 +44,8 @@ class SearchPlan:
 
     shards: str
     manifest: Manifest
+    protocol: Protocol
+    protocol_key: str
     base: TrainConfig
     space: SearchSpace
     outers: list[int]
@@ -54,16 +57,16 @@ class SearchPlan:
     verbose: int = 1
 
 
-def inner_specs(manifest: Manifest, outer: int) -> list[FoldSpec]:
+def inner_specs(plan: SearchPlan, outer: int) -> list[FoldSpec]:
     return [
-        FoldSpec(s.train, s.val, TrainedOn(outer, j))
-        for j, s in enumerate(manifest.outer(outer).inner)
+        FoldSpec(s.train, s.val, TrainedOn(outer, j, plan.protocol_key))
+        for j, s in enumerate(plan.protocol.fold(outer).inner)
     ]
 
 
-def outer_test_ids(manifest: Manifest, outer: int) -> frozenset[str]:
+def outer_test_ids(plan: SearchPlan, outer: int) -> frozenset[str]:
     """The outer test fold: no trial may read these rows (checked when batches are built)."""
-    return frozenset(manifest.outer(outer).test)
+    return frozenset(plan.protocol.fold(outer).test)
 
 
 def plan_concurrency(
@@ -157,11 +160,9 @@ def search_outer_fold(plan: SearchPlan, outer: int):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    manifest, root = plan.manifest, plan.root
-    n_inner = len(manifest.outer(outer).inner)
-    data = prepare_datasets(
-        plan.shards, inner_specs(manifest, outer), outer_test_ids(manifest, outer)
-    )
+    root = plan.root
+    n_inner = len(plan.protocol.fold(outer).inner)
+    data = prepare_datasets(plan.shards, inner_specs(plan, outer), outer_test_ids(plan, outer))
     trainable = tune.with_resources(
         tune.with_parameters(
             trial_driver,
@@ -261,8 +262,8 @@ def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int) -> dict:
     done_path = storage.join(root, f"outer{outer}", "final.json")
     if plan.resume and storage.exists(done_path):
         return json.loads(storage.read_bytes(done_path))
-    fold = plan.manifest.outer(outer)
-    spec = FoldSpec(fold.train, None, TrainedOn(outer, None))
+    fold = plan.protocol.fold(outer)
+    spec = FoldSpec(fold.train, None, TrainedOn(outer, None, plan.protocol_key))
     data = prepare_datasets(plan.shards, [spec])
     fit = fit_folds(
         cfg,
@@ -288,7 +289,7 @@ def run_search(plan: SearchPlan) -> str:
     t0 = time.time()
     all_rows, finals = [], []
     for outer in plan.outers:
-        n_inner = len(plan.manifest.outer(outer).inner)
+        n_inner = len(plan.protocol.fold(outer).inner)
         grid = search_outer_fold(plan, outer)
         rows = trial_rows(grid, outer, n_inner, plan.space)
         best = best_of(rows)
@@ -313,6 +314,7 @@ def run_search(plan: SearchPlan) -> str:
         shards=plan.shards,
         samples=plan.samples,
         manifest=plan.manifest,
+        protocol=plan.protocol,
         base=plan.base,
         space=plan.space,
         rows=all_rows,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from branches import BRANCHES, get_branch
 from datasets import storage
-from datasets.manifest import read_manifest
+from datasets.manifest import read_manifest, read_protocol
 from distributed import cli
 from distributed.config import TrainConfig, default_config, load_overrides
 
@@ -32,6 +32,7 @@ class TrainArgs:
     shards: str
     fold: int
     inner: int | None = None
+    protocol: str | None = None
     workers: int = 1
     gpu: bool = False
     cpus_per_worker: float | None = None
@@ -88,13 +89,14 @@ def train(args: TrainArgs):
     manifest = read_manifest(args.shards)
     if manifest.kind != args.branch:
         raise cli.UsageError(f"{args.shards} holds {manifest.kind} shards, not {args.branch}")
-    spec = outer_fold_spec(manifest, args.fold, args.inner)
+    key, protocol = read_protocol(args.shards, manifest, args.protocol)
+    spec = outer_fold_spec(protocol, key, args.fold, args.inner)
     name = args.name or f"{args.branch}-fold{args.fold}" + (
         "" if args.inner is None else f"-inner{args.inner}"
     )
     out = args.out if storage.is_uri(args.out) else os.path.abspath(args.out)
     init_ray(args.address, args.num_cpus)
-    data = prepare_datasets(args.shards, [spec], frozenset(manifest.outer(args.fold).test))
+    data = prepare_datasets(args.shards, [spec], frozenset(protocol.fold(args.fold).test))
     resources = Resources(args.workers, args.gpu, args.cpus_per_worker)
     fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
     return fit, export_model(fit, storage.join(out, name, "model.pt")), cfg
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True, help="shard folder (path or URI)")
     p.add_argument("--fold", type=int, required=True, help="outer fold index")
     p.add_argument("--inner", type=int, default=None, help="inner split index (validation)")
+    p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, mixed precision")
     p.add_argument("--cpus-per-worker", type=float, default=None)

@@ -17,6 +17,7 @@ import pandas as pd
 from branches import DataInfo
 from datasets import shards, storage
 from datasets.manifest import Manifest, read_manifest
+from datasets.protocols import Protocol
 from distributed.checkpoint import TrainedOn
 from distributed.common import cluster_cpus, git_commit
 from distributed.config import TrainConfig
@@ -71,14 +72,14 @@ def data_info(manifest: Manifest) -> DataInfo:
     return DataInfo(tuple(manifest.classes), dict(manifest.options), manifest.num_joints)
 
 
-def outer_fold_spec(manifest: Manifest, fold: int, inner: int | None) -> FoldSpec:
-    """Inner split ``inner`` of outer fold ``fold`` (train + validation), or with ``inner=None``
-    the whole outer training fold (no validation). Indices are range-checked."""
-    outer = manifest.outer(fold)
+def outer_fold_spec(protocol: Protocol, key: str, fold: int, inner: int | None) -> FoldSpec:
+    """Inner split ``inner`` of outer fold ``fold`` of a protocol (train + validation), or with
+    ``inner=None`` the whole outer training fold (no validation). Indices are range-checked."""
+    outer = protocol.fold(fold)
     if inner is None:
-        return FoldSpec(outer.train, None, TrainedOn(fold, None))
-    split = outer.inner_split(inner, f"{manifest.path}: outer fold {fold}: ")
-    return FoldSpec(split.train, split.val, TrainedOn(fold, inner))
+        return FoldSpec(outer.train, None, TrainedOn(fold, None, key))
+    split = outer.inner_split(inner, f"{protocol.name}: outer fold {fold}: ")
+    return FoldSpec(split.train, split.val, TrainedOn(fold, inner, key))
 
 
 def shard_bytes_per_row(root: str, manifest: Manifest) -> float:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from branches import BRANCHES, get_branch
 from datasets import storage
-from datasets.manifest import read_manifest
+from datasets.manifest import read_manifest, read_protocol
 from distributed import cli
 from distributed.config import default_config
 
@@ -40,6 +40,7 @@ class TuneArgs:
     cpus_per_worker: float | None = None
     gpus_per_worker: float = 0
     max_concurrent: int | None = None
+    protocol: str | None = None
     epochs: int | None = None
     space: str | None = None
     storage: str = "runs"
@@ -82,7 +83,8 @@ def tune(args: TuneArgs) -> str:
     manifest = read_manifest(shards_root)
     if manifest.kind != args.branch:
         raise cli.UsageError(f"{shards_root} holds {manifest.kind} shards, not {args.branch}")
-    n_outer = manifest.n_outer
+    key, protocol = read_protocol(shards_root, manifest, args.protocol)
+    n_outer = len(protocol.outer)
     outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
     samples = args.samples or (3 if args.smoke else 20)
     if not args.resume:  # on --resume the original command's settings are the ones recorded
@@ -107,6 +109,8 @@ def tune(args: TuneArgs) -> str:
     plan = SearchPlan(
         shards=shards_root,
         manifest=manifest,
+        protocol=protocol,
+        protocol_key=key,
         base=base,
         space=space,
         outers=outers,
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("branch", choices=sorted(BRANCHES))
     p.add_argument("--shards", help="shard folder (default: the synthetic demo set)")
+    p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
     p.add_argument("--folds", type=int, default=None, help="outer folds to run (default: all)")
     p.add_argument("--samples", type=int, default=None, help="trials per outer fold")
     p.add_argument("--workers-per-trial", type=int, default=1)

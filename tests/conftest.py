@@ -24,6 +24,14 @@ def ray_session():
     ray.shutdown()
 
 
+def stored_protocol(root, key: str = "subjects") -> dict:
+    """A protocol file as written (``SHARDS/protocols/KEY.json``)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(root) / "protocols" / f"{key}.json").read_text())
+
+
 def _preprocess(kind, source, out, *extra):
     from distributed import preprocess
 

@@ -367,10 +367,14 @@ def test_ddp_across_two_simulated_nodes(gesture_shards):
 def test_file_uri_and_plain_path_see_the_same_shards(gesture_shards, tmp_path):
     """The reader gives identical results through a plain path and a file:// URI, and writes
     through file:// land where the plain path says."""
-    from datasets import shards, storage
+    from datasets import storage
+    from datasets.manifest import read_manifest, read_protocol
 
     uri = f"file://{Path(gesture_shards).resolve()}"
-    assert shards.read_manifest(uri) == shards.read_manifest(gesture_shards)
+    assert read_manifest(uri) == read_manifest(gesture_shards)
+    assert read_protocol(uri, read_manifest(uri)) == read_protocol(
+        gesture_shards, read_manifest(gesture_shards)
+    )
     plain_files = storage.list_files(gesture_shards)
     uri_files = storage.list_files(uri)
     assert [os.path.basename(f) for f in uri_files] == [os.path.basename(f) for f in plain_files]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from distributed import fusion
+from tests.conftest import stored_protocol
 
 
 def _slow_log_fusion(pf, pb, w):
@@ -85,7 +86,8 @@ def paired_shards(tmp_path_factory, ray_session):
                 "--inner-folds", "2", *extra]  # fmt: skip
         assert preprocess.main(argv) == 0
     fm, gm = (json.loads((Path(out[k]) / "manifest.json").read_text()) for k in out)
-    assert fm["folds"] == gm["folds"] and fm["classes"] == gm["classes"]
+    assert stored_protocol(out["facial"]) == stored_protocol(out["gesture"])
+    assert fm["classes"] == gm["classes"]
     assert fm["counts"]["centre_cropped"] == 0
     return out
 
@@ -104,12 +106,12 @@ def test_fused_model_beats_each_branch_on_the_paired_set(paired_shards, tmp_path
                              batch_size=8, lr=1e-2, epochs=10)  # fmt: skip
     report = fusion.run_fusion(facial, gesture, paired_shards["facial"], paired_shards["gesture"],
                                folds=2, inner=1, storage_path=str(tmp_path), name="fz")  # fmt: skip
-    manifest = json.loads((Path(paired_shards["facial"]) / "manifest.json").read_text())
+    FOLDS = stored_protocol(paired_shards["facial"])
     assert [f["outer"] for f in report["folds"]] == [0, 1]
     for f in report["folds"]:
         # scored on exactly the outer test fold; w chosen on the inner validation split
-        assert sorted(f["test_ids"]) == manifest["folds"]["outer"][f["outer"]]["test"]
-        assert f["inner_n"] == len(manifest["folds"]["outer"][f["outer"]]["inner"][0]["val"])
+        assert sorted(f["test_ids"]) == FOLDS["outer"][f["outer"]]["test"]
+        assert f["inner_n"] == len(FOLDS["outer"][f["outer"]]["inner"][0]["val"])
         assert 0.0 <= f["w"] <= 1.0
     s = {k: report["summary"][k]["pooled"] for k in ("face", "body", "fused")}
     print(fusion.markdown(report))

@@ -255,7 +255,8 @@ def test_plots_import_neither_ray_nor_torch_nor_pyplot():
 
 
 def _write_results(tmp_path, rows):
-    from datasets.manifest import Counts, Folds, InnerSplit, Manifest, OuterSplit
+    from datasets.manifest import Counts, Manifest
+    from datasets.protocols import InnerSplit, OuterSplit, Protocol
     from distributed.config import default_config
     from distributed.report import write_results
     from distributed.search_space import SearchSpace
@@ -265,10 +266,11 @@ def _write_results(tmp_path, rows):
     final = {"outer": 0, "n": 6, "war": 0.5, "uar": 0.5, "cv_metric": 0.6, "epochs": 3,
              "trial_id": "t0", "params": {"lr": 1e-3}, "confusion": [[2, 1], [2, 1]]}  # fmt: skip
     split = InnerSplit(("a/1",), ("a/2",))
-    manifest = Manifest("gesture", ("a", "b"), {}, Counts(6, 6, 0, 0, {"a": 3, "b": 3}, 3),
-                        Folds((OuterSplit(("a/1", "a/2"), ("b/1",), (split, split)),)))  # fmt: skip
+    manifest = Manifest("gesture", ("a", "b"), {}, Counts(6, 6, 0, 0, {"a": 3, "b": 3}, 3))
+    protocol = Protocol("test protocol", "one fold",
+                        (OuterSplit(("a/1", "a/2"), ("b/1",), (split, split)),))  # fmt: skip
     text = write_results(
-        str(tmp_path), shards="s", samples=len(rows), manifest=manifest,
+        str(tmp_path), shards="s", samples=len(rows), manifest=manifest, protocol=protocol,
         base=default_config("gesture"), space=space, rows=rows, finals=[final], seconds=60,
         commit="abc",
     )  # fmt: skip

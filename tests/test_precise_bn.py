@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from datasets.manifest import read_manifest
+from datasets.manifest import read_manifest, read_protocol
 from distributed.config import default_config
 from distributed.data import fold_dataset, make_collate
 from distributed.steps import build, model_inputs
@@ -46,7 +46,7 @@ def _reference_stats(cfg, model, ds):
 
 def test_precise_bn_replaces_running_stats_by_the_pass_average(gesture_shards, ray_session):
     manifest = read_manifest(gesture_shards)
-    ids = manifest.outer(0).inner[0].train
+    ids = read_protocol(gesture_shards, manifest)[1].fold(0).inner[0].train
     cfg = default_config(
         "gesture", rep_size=16, rep_length=24, width=8, se_reduction=4, batch_size=5
     )

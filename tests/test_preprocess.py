@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
+from datasets import manifest as manifest_mod
 from datasets import shards
 from distributed import preprocess
+from tests.conftest import stored_protocol
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,9 +76,9 @@ def test_facial_job_writes_shards_and_manifest(facial_source, tmp_path, ray_sess
     assert np.mean(table["face_fraction"].to_numpy()) > 0.5
     # Folds: every row in exactly one outer test fold; no subject on both sides of any split.
     subject = dict(zip(table["id"].to_pylist(), table["subject"].to_pylist()))
-    tests = [i for f in manifest["folds"]["outer"] for i in f["test"]]
+    tests = [i for f in stored_protocol(out)["outer"] for i in f["test"]]
     assert sorted(tests) == sorted(subject)
-    for f in manifest["folds"]["outer"]:
+    for f in stored_protocol(out)["outer"]:
         assert not {subject[i] for i in f["train"]} & {subject[i] for i in f["test"]}
         for inner in f["inner"]:
             assert not {subject[i] for i in inner["train"]} & {subject[i] for i in inner["val"]}
@@ -153,5 +155,5 @@ def test_manifest_is_json_with_counts(gesture_source, tmp_path, ray_session):
     out = tmp_path / "m"
     assert _run("gesture", gesture_source, out) == 0
     doc = json.loads((out / "manifest.json").read_text())
-    assert doc["schema_version"] == shards.SCHEMA_VERSION
+    assert doc["schema_version"] == manifest_mod.SCHEMA_VERSION
     assert set(doc["counts"]) >= {"read", "written", "skipped", "centre_cropped", "per_class"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datasets import shards
-from datasets.manifest import read_manifest
+from datasets.manifest import read_manifest, read_protocol
 from distributed.checkpoint import TrainedOn, load_model
 from distributed.config import default_config
 from distributed.trainer import FoldSpec, Resources, export_model, fit_folds, prepare_datasets
@@ -30,9 +30,9 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     gesture_shards, tmp_path, ray_session
 ):
     manifest = read_manifest(gesture_shards)
-    outer = manifest.outer(0)
+    outer = read_protocol(gesture_shards, manifest)[1].fold(0)
     split = outer.inner[0]
-    spec = FoldSpec(split.train, split.val, TrainedOn(0, 0))
+    spec = FoldSpec(split.train, split.val, TrainedOn(0, 0, "subjects"))
     cfg = default_config("gesture", epochs=12, **GESTURE_SMALL)
     dump = tmp_path / "params"
     dump.mkdir()
@@ -65,7 +65,7 @@ def test_ddp_two_workers_sync_learn_and_write_a_self_describing_model(
     mf = load_model(model_file)
     assert mf.classes == manifest.classes
     assert mf.config.model.name == "accm" and mf.model.config.in_channels == 50
-    assert mf.config.model.rep_size == 32 and mf.trained_on == TrainedOn(0, 0)
+    assert mf.config.model.rep_size == 32 and mf.trained_on == TrainedOn(0, 0, "subjects")
     assert mf.config == cfg
     assert blob["git_commit"] and blob["seed"] == cfg.seed
 
@@ -181,7 +181,7 @@ def test_train_cli_applies_overrides_prints_the_epochs_and_writes_the_model(
     assert blob["config"]["lr"] == 0.01 and blob["config"]["epochs"] == 2
     assert blob["config"]["precise_bn"] is False
     assert blob["config"]["model"]["width"] == 16  # smoke
-    assert blob["trained_on"] == {"outer": 1, "inner": 0, "protocol": None}
+    assert blob["trained_on"] == {"outer": 1, "inner": 0, "protocol": "subjects"}
     assert int(kept.split()[2]) in (0, 1)
 
     conf.write_text(json.dumps({"learning_rate": 0.01}))

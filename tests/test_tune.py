@@ -15,6 +15,7 @@ import pytest
 
 from branches.base import ForbiddenRowError
 from branches.gesture import GestureCollate
+from tests.conftest import stored_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,10 +54,10 @@ def _check_results(root: Path, shards_root: str, samples: int) -> None:
     else:
         assert "Parameter importances: not computed" in report
     # The outer test fold was scored once, by the final model, on exactly its rows.
-    manifest = json.loads((Path(shards_root) / "manifest.json").read_text())
+    FOLDS = stored_protocol(shards_root)
     final = json.loads((root / "outer0" / "final.json").read_text())
-    assert sorted(final["ids"]) == sorted(manifest["folds"]["outer"][0]["test"])
-    assert int(folds[0]["n_test"]) == len(manifest["folds"]["outer"][0]["test"])
+    assert sorted(final["ids"]) == sorted(FOLDS["outer"][0]["test"])
+    assert int(folds[0]["n_test"]) == len(FOLDS["outer"][0]["test"])
 
 
 def test_training_code_refuses_outer_test_rows():

@@ -55,7 +55,7 @@ def main(shards_root: str, storage_uri: str, out_json: str) -> int:
     from ray.cluster_utils import Cluster
 
     from branches import get_branch
-    from datasets.manifest import read_manifest
+    from datasets.manifest import read_manifest, read_protocol
     from distributed.checkpoint import TrainedOn
     from distributed.common import init_ray
     from distributed.config import default_config
@@ -66,7 +66,8 @@ def main(shards_root: str, storage_uri: str, out_json: str) -> int:
     try:
         init_ray(address=cluster.address)
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        inner = read_manifest(shards_root).outer(0).inner[0]
+        manifest = read_manifest(shards_root)
+        inner = read_protocol(shards_root, manifest)[1].fold(0).inner[0]
         spec = FoldSpec(inner.train, inner.val, TrainedOn(0, 0))
         cfg = default_config("gesture", **{**get_branch("gesture").smoke, "epochs": 1})
         dump = Path(out_json).with_suffix(".params")
