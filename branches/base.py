@@ -106,8 +106,9 @@ class Branch(ABC):
         return None
 
     @abstractmethod
-    def process_item(self, item: SourceItem, label: int, options, context):
-        """One source item -> one shard row (raises ``BadInput``)."""
+    def process_item(self, item: SourceItem, label: int, options, context, notes=None):
+        """One source item -> one shard row (raises ``BadInput``); notes for the user (e.g.
+        dropped frames) are appended to ``notes``."""
 
     @abstractmethod
     def table(self, rows) -> pa.Table:

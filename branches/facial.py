@@ -176,8 +176,9 @@ class FacialBranch(Branch):
 
         return make_detector(options.detector)
 
-    def process_item(self, item: SourceItem, label: int, options: FacialOptions, context):
-        return process_facial_item(item, label, options, context)
+    def process_item(self, item: SourceItem, label: int, options: FacialOptions, context,
+                     notes=None):
+        return process_facial_item(item, label, options, context, notes)
 
     def table(self, rows):
         return shards.facial_table(rows)

@@ -136,7 +136,8 @@ class GestureBranch(Branch):
         return Demo(6, 4, write_gesture_set)
 
     # ------------------------------------------------------------ preprocessing
-    def process_item(self, item: SourceItem, label: int, options: GestureOptions, context):
+    def process_item(self, item: SourceItem, label: int, options: GestureOptions, context,
+                     notes=None):
         return process_gesture_item(item, label, options)
 
     def table(self, rows):

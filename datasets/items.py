@@ -47,13 +47,16 @@ class GestureOptions:
 
 
 def process_facial_item(
-    item: SourceItem, label: int, opts: FacialOptions, detector
+    item: SourceItem, label: int, opts: FacialOptions, detector, notes: list | None = None
 ) -> shards.FacialRow:
-    """Decode, detect, crop and resize one video into a shard row (raises BadInput)."""
-    from datasets.video import read_frames
+    """Decode, detect, crop and resize one video into a shard row (raises BadInput); what a user
+    should hear about the decode (dropped frames) is appended to ``notes``."""
+    from datasets.video import decode_frames
 
-    frames = read_frames(item.path, max_frames=opts.max_frames)
-    return facial_row(item, label, frames, opts, detector)
+    decoded = decode_frames(item.path, max_frames=opts.max_frames)
+    if notes is not None:
+        notes.extend(decoded.notes())
+    return facial_row(item, label, decoded.frames, opts, detector)
 
 
 def facial_row(item: SourceItem, label: int, frames: np.ndarray, opts: FacialOptions, detector):

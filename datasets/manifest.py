@@ -53,6 +53,7 @@ class Manifest:
     num_joints: int | None = None
     skipped: tuple[tuple[str, str], ...] = ()
     centre_cropped: tuple[str, ...] = ()
+    notes: tuple[tuple[str, str], ...] = ()  # (path, note): kept items worth a word
     git_commit: str = "unknown"
     schema_version: int = SCHEMA_VERSION
     path: str = field(default="", compare=False)  # where it was read from (for messages)
@@ -63,6 +64,7 @@ class Manifest:
         body["counts"] = asdict(self.counts)
         body["skipped"] = [list(s) for s in self.skipped]
         body["centre_cropped"] = list(self.centre_cropped)
+        body["notes"] = [list(n) for n in self.notes]
         return body
 
     @classmethod
@@ -87,6 +89,7 @@ class Manifest:
             num_joints=obj.get("num_joints"),
             skipped=tuple(tuple(s) for s in obj.get("skipped", ())),
             centre_cropped=tuple(obj.get("centre_cropped", ())),
+            notes=tuple(tuple(n) for n in obj.get("notes", ())),
             git_commit=obj.get("git_commit", "unknown"),
             schema_version=version,
             path=path,

@@ -50,6 +50,27 @@ def _visible(entries: Iterable[Path]) -> list[Path]:
     return sorted((p for p in entries if not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def link_problem(path: Path, root_real: Path, ancestors: Iterable[Path] = ()) -> str | None:
+    """Why a symbolic link must not be followed, or None: a broken link or a loop, a link that
+    resolves outside the source folder (``evil -> /etc`` passes a ``..`` check), or a link back to
+    one of the folders being walked (``d/self -> .``: walked again, forever)."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises this for a loop
+        return "symlink loop (the link resolves to itself)"
+    except OSError as err:
+        if "loop" in str(err).lower() or getattr(err, "errno", None) == 40:
+            return "symlink loop (the link resolves to itself)"
+        return f"broken symlink ({err.strerror or err})"
+    if target != root_real and root_real not in target.parents:
+        return f"symlink to {target}, outside the source folder {root_real}"
+    if target.is_dir() and (target == root_real or target in set(ancestors)):
+        return f"symlink loop: points back to {target}, a folder already being read"
+    return None
+
+
 def _require_dir(root: str | Path) -> Path:
     root = Path(root)
     if not root.exists():
@@ -96,11 +117,20 @@ def scan_ckplus(root: str | Path) -> Scan:
         labels = root / "Emotion_labels" / "Emotion"
     items: list[SourceItem] = []
     skipped: list[Skipped] = []
+    real = root.resolve()
     for subject_dir in _visible(images.iterdir()):
+        why = link_problem(subject_dir, real, [images.resolve()])
+        if why:
+            skipped.append(Skipped(str(subject_dir), why))
+            continue
         if not subject_dir.is_dir():
             skipped.append(Skipped(str(subject_dir), "not a subject folder"))
             continue
         for seq in _visible(subject_dir.iterdir()):
+            why = link_problem(seq, real, [images.resolve(), subject_dir.resolve()])
+            if why:
+                skipped.append(Skipped(str(seq), why))
+                continue
             if not seq.is_dir():
                 skipped.append(Skipped(str(seq), "not a sequence folder"))
                 continue
@@ -177,6 +207,7 @@ def scan_list(
     items: list[SourceItem] = []
     skipped: list[Skipped] = []
     first_line: dict[str, int] = {}
+    real = root.resolve()
     where = labels_file.name
     for lineno, raw in enumerate(labels_file.read_text(errors="replace").splitlines(), start=1):
         line = raw.strip()
@@ -198,6 +229,22 @@ def scan_list(
         path, why = _resolve(root, norm, extensions)
         if path is None:
             skipped.append(Skipped(str(root / norm), f"{where} line {lineno}: {why}"))
+            continue
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            skipped.append(
+                Skipped(str(path), f"{where} line {lineno}: symlink loop or broken link")
+            )
+            continue
+        if target != real and real not in target.parents:
+            skipped.append(
+                Skipped(
+                    str(path),
+                    f"{where} line {lineno}: resolves to {target}, "
+                    f"outside the source folder {real}",
+                )
+            )
             continue
         if known is not None and label not in known:
             skipped.append(
@@ -229,19 +276,35 @@ def scan_folders(
     root: str | Path,
     extensions: Sequence[str] = VIDEO_EXTENSIONS,
     subject_pattern: str = SUBJECT_PATTERN,
+    class_names: Sequence[str] | None = None,
 ) -> Scan:
     """Items from ``root/<label>/<item>``: a file with one of ``extensions`` or a frame folder.
 
     A folder item must hold image files or files with one of ``extensions`` (e.g. one OpenPose
     JSON per frame). id = "<label>/<stem>"; subject = group 1 of ``subject_pattern`` matched on
     the stem (default: the text before the first "_"), or the whole stem when it does not match.
+    With ``class_names``, a label folder outside them is skipped with a reason. Symbolic links
+    are followed once, inside the source folder only (see :func:`link_problem`).
     """
     root = _require_dir(root)
+    real = root.resolve()
     exts = tuple(e.lower() for e in extensions)
     items: list[SourceItem] = []
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
     for label_dir in _visible(root.iterdir()):
+        why = link_problem(label_dir, real)
+        if why:
+            skipped.append(Skipped(str(label_dir), why))
+            continue
+        if class_names is not None and label_dir.is_dir() and label_dir.name not in class_names:
+            skipped.append(
+                Skipped(
+                    str(label_dir),
+                    f"unknown label {label_dir.name!r} (known: {', '.join(class_names)})",
+                )
+            )
+            continue
         if not label_dir.is_dir():
             skipped.append(Skipped(str(label_dir), "file outside a label folder"))
             continue
@@ -250,6 +313,10 @@ def scan_folders(
             skipped.append(Skipped(str(label_dir), "label folder is empty"))
             continue
         for entry in entries:
+            why = link_problem(entry, real, [label_dir.resolve()])
+            if why:
+                skipped.append(Skipped(str(entry), why))
+                continue
             if entry.is_dir():
                 inner = _visible(entry.iterdir())
                 if not any(p.suffix.lower() in exts + IMAGE_EXTENSIONS for p in inner):
@@ -293,3 +360,33 @@ def class_names_for(
         if labels <= set(order):
             return tuple(c for c in order if c in labels)
     return tuple(sorted(labels))
+
+
+def _fold_label(label: str) -> str:
+    return "".join(ch for ch in label.casefold() if ch.isalnum())
+
+
+def label_warnings(items: Sequence[SourceItem]) -> list[str]:
+    """Likely label typos, said before any decoding: labels that differ only in case, spacing or
+    punctuation from another label, and classes with a single item."""
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.label] = counts.get(it.label, 0) + 1
+    out = []
+    groups: dict[str, list[str]] = {}
+    for label in sorted(counts):
+        groups.setdefault(_fold_label(label), []).append(label)
+    for same in groups.values():
+        if len(same) > 1:
+            spelled = ", ".join(f"{s!r} ({counts[s]})" for s in same)
+            out.append(
+                f"labels {spelled} differ only in case/spacing: a typo? "
+                "(give the class list with --classes)"
+            )
+    singles = [label for label, n in sorted(counts.items()) if n == 1]
+    if singles and len(counts) > 1:
+        out.append(
+            f"class(es) with a single item: {', '.join(map(repr, singles))}: a typo? "
+            "(give the class list with --classes)"
+        )
+    return out

@@ -103,3 +103,25 @@ def remove_stale_temporaries(root: str) -> int:
             fs.delete_file(info.path)
             count += 1
     return count
+
+
+def ensure_writable_dir(path: str, what: str = "output folder") -> None:
+    """Create ``path`` as a folder and check that a file can be written in it; ``BadInput``
+    (naming the path and the problem) otherwise, before any work is done."""
+    from datasets.records import BadInput
+
+    fs, inner = resolve(path)
+    try:
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.File:
+            raise BadInput(path, f"the {what} is a file, not a folder")
+        fs.create_dir(inner, recursive=True)
+        probe = posixpath.join(inner, f".tmp-probe-{uuid.uuid4().hex[:8]}")
+        with fs.open_output_stream(probe) as f:
+            f.write(b"")
+        fs.delete_file(probe)
+    except BadInput:
+        raise
+    except (OSError, ValueError) as err:  # pyarrow raises OSError subclasses; ArrowInvalid is
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+        raise BadInput(path, f"cannot write the {what} there ({reason})") from None

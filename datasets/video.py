@@ -39,11 +39,21 @@ class DecodedFrames(NamedTuple):
 
     frames: (n, H, W, 3) uint8 RGB. declared: frame count the container declares (0 = unknown,
     always 0 for image folders). truncated: True when the file ends early (see module docstring).
+    dropped: unreadable images left out of an image-sequence folder (their names).
     """
 
     frames: np.ndarray
     declared: int
     truncated: bool
+    dropped: tuple[str, ...] = ()
+
+    def notes(self) -> list[str]:
+        """What a user should hear about this decode (dropped frames)."""
+        if not self.dropped:
+            return []
+        names = ", ".join(self.dropped[:3]) + (", ..." if len(self.dropped) > 3 else "")
+        total = len(self.dropped) + len(self.frames)
+        return [f"{len(self.dropped)} of {total} frames unreadable and dropped ({names})"]
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -160,17 +170,25 @@ def _decode_folder(folder: Path, max_frames: int | None) -> DecodedFrames:
         exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         raise BadInput(str(folder), f"folder holds no image files ({exts})")
     files = files[:max_frames]
-    first = _read_image(files[0])
-    h, w = first.shape[:2]
-    out = np.empty((len(files), h, w, 3), dtype=np.uint8)  # (n, H, W, 3)
-    out[0] = first
-    for i, f in enumerate(files[1:], start=1):
-        frame = _read_image(f)
-        if frame.shape[:2] != (h, w):
+    frames, dropped = [], []
+    for f in files:
+        # A few unreadable frames (a torn copy, a stray non-image) do not cost the sequence:
+        # they are left out and counted; a folder with no readable frame at all is bad input.
+        try:
+            frame = _read_image(f)
+        except BadInput:
+            dropped.append(f.name)
+            continue
+        if frames and frame.shape[:2] != frames[0].shape[:2]:
+            h, w = frames[0].shape[:2]
             _LOG.warning("%s: %s resized to the first frame's %dx%d", f, frame.shape[:2], h, w)
             frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-        out[i] = frame
-    return DecodedFrames(out, 0, False)
+        frames.append(frame)
+    if not frames:
+        raise BadInput(str(folder), f"none of its {len(files)} images is readable")
+    if dropped:
+        _LOG.warning("%s: %d unreadable frames dropped", folder, len(dropped))
+    return DecodedFrames(np.stack(frames), 0, False, tuple(dropped))  # (n, H, W, 3)
 
 
 def decode_frames(path: str | Path, max_frames: int | None = None) -> DecodedFrames:

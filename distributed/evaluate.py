@@ -5,6 +5,11 @@
 Scores the outer test fold I (or, with ``--inner J``, the validation split of inner split J):
 WAR, UAR, per-class precision/recall, the confusion matrix as PNG and CSV, and a JSON summary.
 Evaluation is deterministic (the evaluation clips) and reads the shards row group by row group.
+
+The checkpoint says which rows trained it (its outer fold and inner split of a stored protocol):
+scoring any of them as test data is refused unless ``--allow-train-rows`` is given, and so are
+shards preprocessed otherwise than the checkpoint's training data (crop size, detector, ...)
+unless ``--allow-other-preprocessing``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import sys
 from dataclasses import dataclass
 
 from datasets import storage
-from datasets.manifest import read_manifest, read_protocol
+from datasets.manifest import ManifestError, read_manifest, read_protocol
+from datasets.protocols import ProtocolError
 from distributed import cli
 from distributed.checkpoint import load_model
 from distributed.evaluation import predict_fold, summarise, write_report
@@ -30,6 +36,44 @@ class EvaluateArgs:
     protocol: str | None = None
     out: str | None = None
     device: str = "cpu"
+    allow_train_rows: bool = False
+    allow_other_preprocessing: bool = False
+
+
+def training_rows(mf, root: str, manifest) -> tuple[set[str] | None, str]:
+    """(ids that trained the checkpoint, a description), or (None, why not known)."""
+    on = mf.trained_on
+    if on.outer is None or on.protocol is None:
+        return None, "the checkpoint does not name the fold it was trained on"
+    try:
+        _, protocol = read_protocol(root, manifest, on.protocol)
+        outer = protocol.fold(on.outer)
+    except (ManifestError, ProtocolError):
+        return None, f"these shards do not hold its protocol {on.protocol!r}"
+    if on.inner is None:
+        return set(outer.train), f"the training rows of outer fold {on.outer} ({on.protocol})"
+    rows = outer.inner_split(on.inner)
+    return set(rows.train), (
+        f"inner split {on.inner} of outer fold {on.outer} "
+        f"({on.protocol}; validated on its val rows)"
+    )
+
+
+def check_preprocessing(mf, manifest, shards: str, checkpoint: str) -> None:
+    """The shards must be preprocessed as the checkpoint's training data was."""
+    mine, theirs = dict(mf.data.options), dict(manifest.options)
+    diff = {
+        k: (mine.get(k), theirs.get(k))
+        for k in sorted(set(mine) | set(theirs))
+        if mine.get(k) != theirs.get(k)
+    }
+    if diff:
+        said = ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
+        raise cli.UsageError(
+            f"{shards} were preprocessed otherwise than {checkpoint}'s training "
+            f"data ({said}, checkpoint vs shards); preprocess them the same way, "
+            "or pass --allow-other-preprocessing"
+        )
 
 
 def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
@@ -45,12 +89,34 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
     outer = protocol.fold(args.fold)
     where = f"{args.shards}: outer fold {args.fold}: "
     ids = outer.test if args.inner is None else outer.inner_split(args.inner, where).val
+    if not args.allow_other_preprocessing:
+        check_preprocessing(mf, manifest, args.shards, args.checkpoint)
+    trained, how = training_rows(mf, args.shards, manifest)
+    if trained is None:
+        print(
+            f"warning: cannot tell which rows trained {args.checkpoint} ({how}); make sure "
+            "the scored rows were held out",
+            file=sys.stderr,
+        )
+    elif trained & set(ids) and not args.allow_train_rows:
+        held = (
+            f"score --fold {mf.trained_on.outer}, the fold it was held out on"
+            if mf.trained_on.inner is None
+            else f"score --fold {mf.trained_on.outer} (its test rows) or --fold "
+            f"{mf.trained_on.outer} --inner {mf.trained_on.inner} (its validation rows)"
+        )
+        raise cli.UsageError(
+            f"{args.checkpoint} was trained on {how}: {len(trained & set(ids))} of the "
+            f"{len(ids)} rows to score trained it, so they are not test data; {held}, or pass "
+            "--allow-train-rows to score them anyway"
+        )
     ids_seen, y, probs = predict_fold(mf, args.shards, ids, args.device)
     summary = summarise(y, probs.argmax(1), mf.classes)
     summary.update(checkpoint=args.checkpoint, fold=args.fold, inner=args.inner, ids=ids_seen)
     out = args.out or storage.join(
         posixpath.dirname(args.checkpoint) or ".", f"eval-fold{args.fold}"
     )
+    storage.ensure_writable_dir(out, "report folder")
     write_report(out, summary)
     return summary, out
 
@@ -68,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
     p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--allow-train-rows",
+        action="store_true",
+        help="score rows that trained the checkpoint (not a test figure)",
+    )
+    p.add_argument(
+        "--allow-other-preprocessing",
+        action="store_true",
+        help="score shards preprocessed otherwise than the training data",
+    )
     return p
 
 

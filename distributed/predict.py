@@ -44,22 +44,29 @@ def discover(paths: list[str], branch) -> tuple[list[tuple[str, str]], list[tupl
     A file is an item whatever its extension (a bad one fails when read, with its reason). A
     folder is one item when it is an image sequence (faces) or an OpenPose folder (joints),
     otherwise a folder of items, searched recursively; there, files of other types are skipped.
-    ids are paths relative to the argument, without extension.
+    ids are paths relative to the argument, without extension. A folder is never read twice
+    (``d/self -> .`` is named as a loop) and a link that leaves the argument's folder is skipped.
     """
+    from datasets.sources import link_problem
+
     exts = tuple(branch.source_extensions)
     items: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
 
-    def walk(d: Path, root: Path) -> None:
+    def walk(d: Path, root: Path, ancestors: list[Path]) -> None:
         for p in sorted(d.iterdir(), key=lambda q: q.name):
             if p.name.startswith("."):
+                continue
+            why = link_problem(p, root.resolve(), ancestors)
+            if why:
+                skipped.append((str(p), why))
                 continue
             rel = p.relative_to(root)
             if p.is_dir():
                 if branch.is_item_dir(p):
                     items.append((rel.as_posix(), str(p)))
                 else:
-                    walk(p, root)
+                    walk(p, root, [*ancestors, p.resolve()])
             elif p.suffix.lower() in exts:
                 items.append((rel.with_suffix("").as_posix(), str(p)))
             else:
@@ -72,7 +79,7 @@ def discover(paths: list[str], branch) -> tuple[list[tuple[str, str]], list[tupl
         if not p.exists():
             items.append((p.stem, str(p)))  # reported as unreadable, with the reason, later
         elif p.is_dir() and not branch.is_item_dir(p):
-            walk(p, p)
+            walk(p, p, [p.resolve()])
         else:
             items.append((p.stem if p.is_file() else p.name, str(p)))
     return items, skipped

@@ -55,6 +55,7 @@ class PreprocessArgs:
     inner_folds: int = 3
     seed: int = 0
     fold_lists: str | None = None
+    classes: str | None = None
     subject_pattern: str | None = None
     address: str | None = None
     num_cpus: float | None = None
@@ -79,10 +80,12 @@ def run_shard(task: dict) -> dict:
     opts = branch.options_type(**json.loads(task["options"]))
     label_of = {name: i for i, name in enumerate(classes)}
     context = branch.worker_context(opts)
-    rows, errors, centre = [], [], []
+    rows, errors, centre, notes = [], [], [], []
     for item in items:
         try:
-            row = branch.process_item(item, label_of[item.label], opts, context)
+            said: list[str] = []
+            row = branch.process_item(item, label_of[item.label], opts, context, said)
+            notes += [[item.path, n] for n in said]
             # with --detector none every video is centre-cropped on purpose: nothing to report
             if getattr(row, "centre_cropped", False) and getattr(opts, "detector", "") != "none":
                 centre.append(item.path)
@@ -93,7 +96,13 @@ def run_shard(task: dict) -> dict:
             errors.append([item.path, f"{type(e).__name__}: {e}"])
     if rows:
         shards.write_shard(branch.table(rows), shards.shard_path(out, index))
-    summary = {"shard": index, "written": len(rows), "errors": errors, "centre_cropped": centre}
+    summary = {
+        "shard": index,
+        "written": len(rows),
+        "errors": errors,
+        "centre_cropped": centre,
+        "notes": notes,
+    }
     # The summary is written last: its presence marks the shard as finished for a resume.
     storage.atomic_write_bytes(_summary_path(out, index), json.dumps(summary).encode())
     return {"shard": index, "written": len(rows), "failed": len(errors)}
@@ -134,15 +143,28 @@ def scan(branch: Branch, args: PreprocessArgs) -> SourceScan:
     if layout == "ckplus":
         items, skipped = sources.scan_ckplus(source)
         return SourceScan(items, skipped, sources.CKPLUS_CLASSES, protocol)
+    classes = class_list(args.classes)
     if layout == "list":
         if not args.labels:
             raise BadInput(source, "--layout list needs --labels FILE")
-        items, skipped = sources.scan_list(source, args.labels)
-        return SourceScan(items, skipped, None, protocol)
+        items, skipped = sources.scan_list(source, args.labels, class_names=classes)
+        return SourceScan(items, skipped, classes, protocol)
     pattern = args.subject_pattern
     kwargs = {"subject_pattern": pattern} if pattern else {}
-    items, skipped = sources.scan_folders(source, branch.source_extensions, **kwargs)
-    return SourceScan(items, skipped, None, protocol)
+    items, skipped = sources.scan_folders(
+        source, branch.source_extensions, class_names=classes, **kwargs
+    )
+    return SourceScan(items, skipped, classes, protocol)
+
+
+def class_list(text: str | None) -> tuple[str, ...] | None:
+    """``--classes A,B,C`` as a tuple (None when not given)."""
+    if text is None:
+        return None
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    if len(set(names)) != len(names) or not names:
+        raise cli.UsageError(f"--classes {text!r}: give distinct class names separated by commas")
+    return names
 
 
 def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem]]:
@@ -172,6 +194,9 @@ def preprocess(args: PreprocessArgs) -> int:
     opts = args.options(branch)
     found = scan(branch, args)
     items, skipped = found.items, [list(s) for s in found.skipped]
+    if found.classes is None:  # labels come from folder names or a list: look for typos first
+        for warning in sources.label_warnings(items):
+            print(f"warning: {warning}", file=sys.stderr)
     if not items:
         print(f"error: {args.source}: no usable items ({len(skipped)} skipped)", file=sys.stderr)
         for path, reason in skipped:
@@ -189,7 +214,7 @@ def preprocess(args: PreprocessArgs) -> int:
         "options": options,
         "shards": [[it.id for it in group] for group in plan],
     }
-    storage.makedirs(args.out)
+    storage.ensure_writable_dir(args.out, "--out folder")
     storage.remove_stale_temporaries(args.out)
     _check_plan(args.out, plan_doc)
 
@@ -220,6 +245,7 @@ def preprocess(args: PreprocessArgs) -> int:
     ]
     failed = skipped + [e for s in summaries for e in s["errors"]]
     centre = [p for s in summaries for p in s["centre_cropped"]]
+    notes = [n for s in summaries for n in s.get("notes", [])]
     written = sum(s["written"] for s in summaries)
     if written == 0:
         print(f"error: {args.source}: nothing usable was written", file=sys.stderr)
@@ -247,6 +273,7 @@ def preprocess(args: PreprocessArgs) -> int:
         layout=args.layout,
         skipped=tuple(tuple(f) for f in failed),
         centre_cropped=tuple(centre),
+        notes=tuple(tuple(n) for n in notes),
         git_commit=git_commit(),
         **branch.manifest_extra(table),
     )
@@ -301,6 +328,10 @@ def _print_summary(manifest: Manifest, seconds: float) -> None:
     if manifest.skipped:
         print("\nskipped items:")
         _print_failures(manifest.skipped, file=sys.stdout)
+    if manifest.notes:
+        print("\nkept, with a note:")
+        for path, note in manifest.notes:
+            print(f"  {path}: {note}")
     if manifest.centre_cropped:
         print("\nno face found (centre crop used):")
         for p in manifest.centre_cropped:
@@ -317,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="source folder")
     p.add_argument("--layout", choices=LAYOUTS, default="folders")
     p.add_argument("--labels", help="label list for --layout list: '<relative path> <Label>' lines")
+    p.add_argument(
+        "--classes",
+        help="the class names, comma-separated: other labels are skipped (folders, list layouts)",
+    )
     p.add_argument("--out", required=True, help="output shard folder (path or URI)")
     p.add_argument("--size", type=int, default=224, help="face crop size S (videos)")
     p.add_argument("--detector", default="haar", help="face detector: haar or none (videos)")

@@ -95,6 +95,7 @@ def train(args: TrainArgs):
         "" if args.inner is None else f"-inner{args.inner}"
     )
     out = args.out if storage.is_uri(args.out) else os.path.abspath(args.out)
+    storage.ensure_writable_dir(out, "--out folder")
     init_ray(args.address, args.num_cpus)
     data = prepare_datasets(args.shards, [spec], frozenset(protocol.fold(args.fold).test))
     resources = Resources(args.workers, args.gpu, args.cpus_per_worker)

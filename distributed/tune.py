@@ -73,6 +73,7 @@ def tune(args: TuneArgs) -> str:
     root = storage.join(storage_root, name)
     if not args.resume and storage.exists(storage.join(root, "outer0")):
         raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
+    storage.ensure_writable_dir(root, "--storage folder")
 
     if args.shards:
         shards_root = args.shards
@@ -87,8 +88,6 @@ def tune(args: TuneArgs) -> str:
     n_outer = len(protocol.outer)
     outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
     samples = args.samples or (3 if args.smoke else 20)
-    if not args.resume:  # on --resume the original command's settings are the ones recorded
-        storage.makedirs(root)
 
     init_ray(args.address, args.num_cpus)
     cpus_per_worker = args.cpus_per_worker
