@@ -101,6 +101,15 @@ class Branch(ABC):
     demo: Demo
 
     # ------------------------------------------------------------ preprocessing
+    def extensions(self, options) -> tuple[str, ...]:
+        """File types a source item may have with these preprocessing options."""
+        return self.source_extensions
+
+    def check_options(self, options) -> None:
+        """Refuse options this machine cannot run (an optional package missing), before any
+        work starts; the error says how to install what is missing."""
+        return None
+
     def worker_context(self, options):
         """Per-task state of the per-item processing (a face detector, ...) or None."""
         return None

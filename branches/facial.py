@@ -171,13 +171,20 @@ class FacialBranch(Branch):
         return Demo(12, 2, write_facial_set, ("--size", "112"), ("--size", "48"))
 
     # ------------------------------------------------------------ preprocessing
+    def check_options(self, options: FacialOptions) -> None:
+        if options.detector.startswith("mediapipe"):
+            from datasets.pose import require_mediapipe
+
+            require_mediapipe()
+
     def worker_context(self, options: FacialOptions):
         from datasets.faces import make_detector
 
         return make_detector(options.detector)
 
-    def process_item(self, item: SourceItem, label: int, options: FacialOptions, context,
-                     notes=None):
+    def process_item(
+        self, item: SourceItem, label: int, options: FacialOptions, context, notes=None
+    ):
         return process_facial_item(item, label, options, context, notes)
 
     def table(self, rows):

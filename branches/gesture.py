@@ -129,6 +129,19 @@ class GestureBranch(Branch):
     }
     smoke_start = [{"representation": "timeline", "width": 16, "lr": 1e-2}]
 
+    def extensions(self, options: GestureOptions) -> tuple[str, ...]:
+        if options.pose:  # pose estimation reads videos and image sequences
+            from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+            return tuple(VIDEO_EXTENSIONS) + tuple(IMAGE_EXTENSIONS)
+        return self.source_extensions
+
+    def check_options(self, options: GestureOptions) -> None:
+        if options.pose == "mediapipe":
+            from datasets.pose import require_mediapipe
+
+            require_mediapipe()
+
     @property
     def demo(self) -> Demo:
         from datasets.synthetic_gesture import write_gesture_set
@@ -136,8 +149,9 @@ class GestureBranch(Branch):
         return Demo(6, 4, write_gesture_set)
 
     # ------------------------------------------------------------ preprocessing
-    def process_item(self, item: SourceItem, label: int, options: GestureOptions, context,
-                     notes=None):
+    def process_item(
+        self, item: SourceItem, label: int, options: GestureOptions, context, notes=None
+    ):
         return process_gesture_item(item, label, options)
 
     def table(self, rows):
@@ -220,7 +234,10 @@ class GestureBranch(Branch):
     def is_item_dir(self, path) -> bool:
         from pathlib import Path
 
-        return any(Path(path).glob("*_keypoints.json"))
+        from datasets.video import list_images
+
+        # an OpenPose folder (one JSON per frame), or frames to estimate poses on
+        return any(Path(path).glob("*_keypoints.json")) or bool(list_images(path))
 
 
 GESTURE = GestureBranch()

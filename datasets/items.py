@@ -39,11 +39,21 @@ class FacialOptions:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
 
 
+POSE_ESTIMATORS = ("mediapipe",)
+
+
 @dataclass(frozen=True)
 class GestureOptions:
-    """Per-item gesture preprocessing settings."""
+    """Per-item gesture preprocessing settings. ``pose``: None reads joint files; "mediapipe"
+    runs pose estimation on videos / image sequences (33 landmarks, ``datasets.pose``)."""
 
     fill_missing: bool = True
+    pose: str | None = None
+    max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pose is not None and self.pose not in POSE_ESTIMATORS:
+            raise ValueError(f"--pose must be one of {POSE_ESTIMATORS}, got {self.pose!r}")
 
 
 def process_facial_item(
@@ -77,7 +87,12 @@ def facial_row(item: SourceItem, label: int, frames: np.ndarray, opts: FacialOpt
 
 
 def process_gesture_item(item: SourceItem, label: int, opts: GestureOptions) -> shards.GestureRow:
-    """Read one joint file, fill missing joints, into a shard row (raises BadInput)."""
+    """Read one joint file (or, with ``opts.pose``, estimate the pose in every frame of a video
+    or image sequence), fill missing joints, into a shard row (raises BadInput)."""
+    if opts.pose == "mediapipe":
+        from datasets.pose import pose_from_path
+
+        return gesture_row(item, label, pose_from_path(item.path, opts.max_frames), opts)
     from datasets.joints import read_joints
 
     return gesture_row(item, label, read_joints(item.path), opts)

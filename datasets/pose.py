@@ -28,8 +28,12 @@ is found has NaN joints and confidence 0, as every joint reader here marks missi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +98,34 @@ def _unusable_reason() -> str | None:
     if major >= 7:  # MediaPipe 0.10.21 reads FieldDescriptor.label, removed in protobuf 7
         return f"protobuf {google.protobuf.__version__} is installed; MediaPipe 0.10.21 needs < 7"
     try:
-        from mediapipe.python.solutions import face_detection, pose  # noqa: F401
+        with _quiet_stderr() as said:
+            from mediapipe.python.solutions import face_detection, pose  # noqa: F401
     except Exception as err:  # a broken install fails in many ways; report it, do not crash
-        return f"mediapipe does not import ({err!r})"
+        return f"mediapipe does not import ({err!r}; it said: {''.join(said).strip()[:300]})"
     return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Capture what C extensions write to file descriptor 2 while MediaPipe imports.
+
+    MediaPipe's bindings print "AttributeError: 'MessageFactory' object has no attribute
+    'GetPrototype'" on import with protobuf 6 (a harmless probe of an old protobuf API) straight
+    to fd 2, where it looks like a crash. The text is kept (the yielded list gets it when the
+    block ends) and shown only when the import really fails."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said.append(tmp.read().decode(errors="replace"))
 
 
 @functools.cache

@@ -50,6 +50,7 @@ class PreprocessArgs:
     every: int = 5
     margin: float = 0.2
     max_frames: int | None = None
+    pose: str | None = None
     per_shard: int = 8
     folds: int = 5
     inner_folds: int = 3
@@ -151,9 +152,8 @@ def scan(branch: Branch, args: PreprocessArgs) -> SourceScan:
         return SourceScan(items, skipped, classes, protocol)
     pattern = args.subject_pattern
     kwargs = {"subject_pattern": pattern} if pattern else {}
-    items, skipped = sources.scan_folders(
-        source, branch.source_extensions, class_names=classes, **kwargs
-    )
+    exts = branch.extensions(args.options(branch))
+    items, skipped = sources.scan_folders(source, exts, class_names=classes, **kwargs)
     return SourceScan(items, skipped, classes, protocol)
 
 
@@ -192,6 +192,10 @@ def preprocess(args: PreprocessArgs) -> int:
     t0 = time.time()
     branch = get_branch(args.branch)
     opts = args.options(branch)
+    try:
+        branch.check_options(opts)
+    except ImportError as err:  # an optional install is missing: its message says how
+        raise cli.UsageError(str(err)) from None
     found = scan(branch, args)
     items, skipped = found.items, [list(s) for s in found.skipped]
     if found.classes is None:  # labels come from folder names or a list: look for typos first
@@ -354,10 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output shard folder (path or URI)")
     p.add_argument("--size", type=int, default=224, help="face crop size S (videos)")
-    p.add_argument("--detector", default="haar", help="face detector: haar or none (videos)")
+    p.add_argument(
+        "--detector",
+        default="haar",
+        help="face detector: haar, mediapipe, mediapipe-full (optional install: make "
+        "pose) or none (already face-cropped sets)",
+    )
     p.add_argument("--every", type=int, default=5, help="run the detector every N frames")
     p.add_argument("--margin", type=float, default=0.2, help="crop margin around the face box")
     p.add_argument("--max-frames", type=int, default=None, help="keep at most N frames per video")
+    p.add_argument(
+        "--pose",
+        choices=["mediapipe"],
+        default=None,
+        help="gesture branch: estimate poses on videos (optional install: make pose)",
+    )
     p.add_argument("--per-shard", type=int, default=8, help="items per shard (and per Ray task)")
     p.add_argument("--folds", type=int, default=5, help="outer subject-independent folds")
     p.add_argument(

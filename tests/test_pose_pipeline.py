@@ -1,0 +1,114 @@
+"""Bodies from raw video through the whole pipeline: --pose mediapipe preprocessing of real
+people, ids that match the face shards of the same folder, and prediction on a video with a
+gesture checkpoint equal to evaluating its shard row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datasets import pose
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        not pose.mediapipe_available(), reason="MediaPipe not installed (make pose)"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def people_videos(tmp_path_factory):
+    """<label>/<subject>_0.avi: three real people moving over 16 frames, and one noise clip."""
+    from datasets.synthetic import write_video
+    from tests.test_pose import _people, moving_clip
+
+    root = tmp_path_factory.mktemp("people")
+    for k, (name, photo) in enumerate(_people().items()):
+        label = ("wave", "bow", "wave")[k]
+        (root / label).mkdir(exist_ok=True)
+        frames, _, _ = moving_clip(photo, n=16)
+        write_video(root / label / f"{name}_0.avi", frames)
+    noise = np.random.default_rng(0).integers(0, 256, (16, 240, 320, 3), dtype=np.uint8)
+    write_video(root / "bow" / "noise_0.avi", noise)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pose_shards(people_videos, tmp_path_factory, ray_session):
+    from distributed import preprocess
+
+    out = tmp_path_factory.mktemp("pose") / "shards"
+    argv = ["gesture", "--source", str(people_videos), "--pose", "mediapipe", "--out", str(out),
+            "--per-shard", "2"]  # fmt: skip
+    assert preprocess.main(argv) == 0
+    return str(out)
+
+
+def test_pose_preprocessing_writes_33_landmarks_and_skips_the_noise(pose_shards):
+    from datasets import shards
+    from datasets.manifest import read_manifest
+
+    manifest = read_manifest(pose_shards)
+    assert manifest.num_joints == 33 and manifest.options["pose"] == "mediapipe"
+    assert manifest.counts.written == 3 and manifest.counts.skipped == 1
+    ((path, why),) = manifest.skipped
+    assert path.endswith("noise_0.avi") and "no person found" in why
+    table = shards.read_table(pose_shards)
+    assert set(table["layout"].to_pylist()) == {"mediapipe33"}
+    for rec in table.to_pylist():
+        joints, conf = shards.gesture_arrays(rec["joints"], rec["confidence"], rec["n_frames"],
+                                             rec["n_joints"], rec["dims"])  # fmt: skip
+        assert joints.shape == (16, 33, 2) and np.isfinite(joints).all()
+        assert (conf > 0.5).mean() > 0.3  # shoulders, hips, face: seen
+
+
+def test_face_and_body_shards_of_one_folder_share_their_ids(people_videos, pose_shards, tmp_path):
+    from datasets import shards
+    from distributed import preprocess
+
+    faces = tmp_path / "faces"
+    assert preprocess.main(["facial", "--source", str(people_videos), "--out", str(faces),
+                            "--size", "32"]) == 0  # fmt: skip
+    face_ids = set(shards.read_table(str(faces), columns=["id"])["id"].to_pylist())
+    body_ids = set(shards.read_table(pose_shards, columns=["id"])["id"].to_pylist())
+    assert body_ids == {"wave/astronaut_0", "bow/hopper_0", "wave/cameraman_0"}
+    assert body_ids < face_ids and face_ids - body_ids == {"bow/noise_0"}
+
+
+def test_predict_on_a_video_with_a_gesture_checkpoint_equals_evaluation(pose_shards, tmp_path):
+    import torch
+
+    from datasets import shards
+    from datasets.manifest import read_manifest
+    from distributed.checkpoint import TrainedOn, load_model, save_model
+    from distributed.config import default_config
+    from distributed.evaluation import predict_fold
+    from distributed.predictor import Predictor
+    from distributed.steps import build
+    from distributed.trainer import data_info
+
+    cfg = default_config("gesture", rep_size=32, rep_length=16, width=8, se_reduction=4)
+    data = data_info(read_manifest(pose_shards))
+    torch.manual_seed(0)
+    path = tmp_path / "body.pt"
+    save_model(str(path), build(cfg, data).eval(), cfg, data, TrainedOn(), "t")
+    table = shards.read_table(pose_shards, columns=["id", "source"])
+    ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
+    _, _, expected = predict_fold(load_model(str(path)), pose_shards, ids)
+    p = Predictor.from_checkpoint(str(path))
+    got = np.array([list(p.predict_path(s).probabilities.values()) for s in sources])
+    order = np.argsort(ids)  # predict_fold returns rows in shard (id) order
+    np.testing.assert_allclose(got[order], expected, atol=1e-5)
+    assert np.ptp(expected, axis=0).max() > 1e-4  # the comparison is not between constants
+
+
+def test_without_mediapipe_the_pose_option_says_how_to_install(people_videos, tmp_path,
+                                                               monkeypatch, capsys):  # fmt: skip
+    from distributed import preprocess
+
+    monkeypatch.setattr(pose, "_reason", lambda: "mediapipe is not installed")
+    code = preprocess.main(["gesture", "--source", str(people_videos), "--pose", "mediapipe",
+                            "--out", str(tmp_path / "x")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "make pose" in err and "--no-deps" in err
