@@ -1,19 +1,24 @@
 """Late fusion of the facial and body-gesture branches, with the weight chosen on inner folds.
 
     python -m distributed.fusion --facial-shards DIR --gesture-shards DIR [--folds K] [--inner J]
-        [--workers N] [--storage DIR] [--out DIR] [--rule log|linear] [--smoke]
+        [--facial-run RUN --gesture-run RUN] [--workers N] [--storage DIR] [--out DIR]
+        [--rule log|linear] [--smoke]
 
-Items that have both modalities are paired by id (``<label>/<stem>``: write both sources with the
-same label folders and stems). Folds come from the facial manifest (ids, subjects and labels are
-the same in both, so the gesture manifest holds the same folds); each branch trains on the fold's
-ids present in its own shards. Per outer fold k:
+Items that have both modalities are paired by id (``<label>/<stem>``: preprocess one folder of
+videos once for faces and once with ``--pose mediapipe`` for bodies, or write both sources with
+the same label folders and stems). Both shard folders must hold the same default protocol (the
+same ids, subjects and labels give the same folds); each branch trains on the fold's ids present
+in its own shards. With ``--facial-run``/``--gesture-run`` (finished ``distributed.tune`` runs on
+those shards) each branch uses the configuration its search chose for each outer fold and its
+final model, so face, body and fused nested-CV figures land in one report. Per outer fold k:
 
 1. on each inner split j of the outer training fold, both branches are trained for a fixed number
    of epochs on the inner training rows and predict the inner validation rows;
 2. the weight w is chosen on the pooled inner-validation predictions by a grid over [0, 1]
    (UAR, ties go to the w nearest 0.5) -- the outer test fold is never read here;
-3. both branches are trained on the whole outer training fold (same epochs) and predict the outer
-   test fold, which is scored face-only, body-only and fused with that w.
+3. both branches are trained on the whole outer training fold (same epochs; or a tune run's
+   final model is used) and predict the outer test fold, scored face-only, body-only and fused
+   with that w.
 
 Fusion rule (default ``log``, a weighted product of experts):
 ``p ∝ exp(w·log p_face + (1-w)·log p_body)``. A branch that rules a class out (p ≈ 0) vetoes it,
@@ -118,37 +123,90 @@ def plan_splits(protocol: Protocol, folds: int | None, inner: int | None) -> lis
 
 
 def branch_predictions(
-    cfg, root: str, plan: list[dict], *, workers: int, storage_path: str, name: str
+    cfgs: dict,
+    root: str,
+    plan: list[dict],
+    *,
+    workers: int,
+    storage_path: str,
+    name: str,
+    final_models: dict | None = None,
 ) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
-    """Train one branch on every split of ``plan`` (one fit) and predict each split's eval ids."""
+    """Train one branch on the splits of ``plan`` and predict each split's eval ids.
+
+    ``cfgs`` maps each outer fold to its configuration (the same one for all when the branch is
+    not tuned: then every split trains in ONE fit). ``final_models`` (outer fold -> model file,
+    a tune run's ``models/outer{k}.pt``) replaces training on the outer training fold: the test
+    predictions come from that model."""
     from distributed.checkpoint import TrainedOn, load_model
     from distributed.evaluation import predict_fold
     from distributed.trainer import FoldSpec, Resources, fit_folds, prepare_datasets
 
     have = set(shards.read_table(root, columns=["id"])["id"].to_pylist())
-    specs = [
-        FoldSpec(tuple(i for i in s["train"] if i in have), None, TrainedOn(s["outer"], s["inner"]))
-        for s in plan
+    final_models = final_models or {}
+    todo = [
+        n for n, s in enumerate(plan) if not (s["inner"] is None and s["outer"] in final_models)
     ]
-    models = storage.join(storage_path, name, "split-models")
-    fit_folds(
-        cfg,
-        prepare_datasets(root, specs),
-        resources=Resources(workers),
-        storage_path=storage_path,
-        name=name,
-        callbacks=[_keep_models_callback(models, cfg.epochs)],
-    )
+    groups: dict[int, list[int]] = {}  # one fit per distinct configuration
+    for n in todo:
+        key = next(k for k in cfgs if cfgs[k] == cfgs[plan[n]["outer"]])
+        groups.setdefault(key, []).append(n)
+    paths = {}
+    for key, members in groups.items():
+        cfg = cfgs[key]
+        specs = [
+            FoldSpec(
+                tuple(i for i in plan[n]["train"] if i in have),
+                None,
+                TrainedOn(plan[n]["outer"], plan[n]["inner"]),
+            )
+            for n in members
+        ]
+        run = f"{name}-{key}" if len(groups) > 1 else name
+        models = storage.join(storage_path, run, "split-models")
+        fit_folds(
+            cfg,
+            prepare_datasets(root, specs),
+            resources=Resources(workers),
+            storage_path=storage_path,
+            name=run,
+            callbacks=[_keep_models_callback(models, cfg.epochs)],
+        )
+        for j, n in enumerate(members):
+            paths[n] = storage.join(models, f"split{j}.pt")
+    for n, s in enumerate(plan):
+        if s["inner"] is None and s["outer"] in final_models:
+            paths[n] = final_models[s["outer"]]
     out = []
     for n, s in enumerate(plan):
-        path = storage.join(models, f"split{n}.pt")
-        if not storage.exists(path):
-            raise RuntimeError(
-                f"{path}: split model missing (the keep-models callback did not run)"
-            )
-        mf = load_model(storage.read_bytes(path), name=path)
+        if not storage.exists(paths[n]):
+            raise RuntimeError(f"{paths[n]}: split model missing")
+        mf = load_model(storage.read_bytes(paths[n]), name=paths[n])
         out.append(predict_fold(mf, root, [i for i in s["eval"] if i in have]))
     return out
+
+
+def tuned_configs(run: str, outers) -> tuple[dict, dict]:
+    """(outer -> the configuration a ``distributed.tune`` run chose for it, outer -> its final
+    model file), from the run's ``results/best_config.json`` and ``models/``."""
+    from distributed.config import TrainConfig
+
+    path = storage.join(run, "results", "best_config.json")
+    if not storage.exists(path):
+        raise ValueError(
+            f"{path}: not found; give the folder of a finished distributed.tune run (STORAGE/NAME)"
+        )
+    best = json.loads(storage.read_bytes(path))
+    base = TrainConfig.from_dict(best["base_config"], where=path)
+    chosen = {e["outer"]: e for e in best["per_outer_fold"]}
+    missing = sorted(set(outers) - set(chosen))
+    if missing:
+        raise ValueError(f"{run}: its search did not run outer fold(s) {missing}")
+    cfgs = {
+        k: base.override(where=path, **chosen[k]["params"], epochs=chosen[k]["epochs"])
+        for k in outers
+    }
+    return cfgs, {k: storage.join(run, "models", f"outer{k}.pt") for k in outers}
 
 
 def run_fusion(
@@ -163,16 +221,46 @@ def run_fusion(
     storage_path: str,
     rule: str = "log",
     name: str = "fusion",
+    facial_run: str | None = None,
+    gesture_run: str | None = None,
 ) -> dict:
-    """The whole protocol of the module docstring; returns the report as a dict."""
+    """The whole protocol of the module docstring; returns the report as a dict. With
+    ``facial_run`` / ``gesture_run`` (folders of finished ``distributed.tune`` runs on these
+    shards) a branch uses the configuration its search chose for each outer fold, and that
+    search's final model for the outer test fold."""
     fm, gm = read_manifest(facial_root), read_manifest(gesture_root)
     if fm.classes != gm.classes:
         raise ValueError(f"class lists differ: faces {fm.classes}, gestures {gm.classes}")
     classes, k = list(fm.classes), len(fm.classes)
-    plan = plan_splits(read_protocol(facial_root, fm)[1], folds, inner)
+    protocol = read_protocol(facial_root, fm)[1]
+    if protocol != read_protocol(gesture_root, gm)[1]:
+        raise ValueError(
+            f"{facial_root} and {gesture_root} hold different folds; write the same "
+            "protocol into both (python -m distributed.folds)"
+        )
+    plan = plan_splits(protocol, folds, inner)
+    outers = sorted({s["outer"] for s in plan})
     kw = dict(workers=workers, storage_path=storage_path)
-    face = branch_predictions(facial_cfg, facial_root, plan, name=f"{name}-facial", **kw)
-    body = branch_predictions(gesture_cfg, gesture_root, plan, name=f"{name}-gesture", **kw)
+    runs = {}
+    for key, cfg, run in (("face", facial_cfg, facial_run), ("body", gesture_cfg, gesture_run)):
+        runs[key] = tuned_configs(run, outers) if run else ({o: cfg for o in outers}, None)
+    face = branch_predictions(
+        runs["face"][0],
+        facial_root,
+        plan,
+        name=f"{name}-facial",
+        final_models=runs["face"][1],
+        **kw,
+    )
+    body = branch_predictions(
+        runs["body"][0],
+        gesture_root,
+        plan,
+        name=f"{name}-gesture",
+        final_models=runs["body"][1],
+        **kw,
+    )
+    facial_cfg, gesture_cfg = runs["face"][0][outers[0]], runs["body"][0][outers[0]]
     paired = [pair(*f, *b) for f, b in zip(face, body)]  # (ids, y, p_face, p_body) per split
     report = {
         "classes": classes,
@@ -265,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default: STORAGE/NAME)")
     p.add_argument("--name", default="fusion")
     p.add_argument("--rule", choices=RULES, default="log")
+    p.add_argument(
+        "--facial-run",
+        help="a finished distributed.tune run (STORAGE/NAME) on the "
+        "facial shards: its chosen configs and final models",
+    )
+    p.add_argument("--gesture-run", help="the same for the gesture shards")
     p.add_argument("--facial-config", help="JSON/YAML TrainConfig overrides (facial)")
     p.add_argument("--gesture-config", help="JSON/YAML TrainConfig overrides (gesture)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for both branches")
@@ -276,43 +370,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from branches import get_branch
+    from distributed import cli
     from distributed.common import init_ray
     from distributed.config import default_config, load_overrides
 
     args = build_parser().parse_args(argv)
-    cfgs = {}
-    # Fusion pairs the two branches of the paper: faces and bodies.
-    for key, path in (("facial", args.facial_config), ("gesture", args.gesture_config)):
-        over = dict(get_branch(key).smoke) if args.smoke else {}
-        over.update(load_overrides(path, key))
-        if args.epochs:
-            over["epochs"] = args.epochs
-        cfgs[key] = default_config(key, **over)
-    folds = 1 if args.smoke and args.folds is None else args.folds
-    inner = 1 if args.smoke and args.inner is None else args.inner
-    store = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
-    init_ray(args.address, args.num_cpus)
-    report = run_fusion(
-        cfgs["facial"],
-        cfgs["gesture"],
-        args.facial_shards,
-        args.gesture_shards,
-        folds=folds,
-        inner=inner,
-        workers=args.workers,
-        storage_path=store,
-        rule=args.rule,
-        name=args.name,
-    )
-    out = args.out or storage.join(store, args.name)
-    storage.atomic_write_bytes(
-        storage.join(out, "fusion.json"), json.dumps(report, indent=2).encode()
-    )
-    text = markdown(report)
-    storage.atomic_write_bytes(storage.join(out, "fusion.md"), text.encode())
-    print(text)
-    print(f"report: {storage.join(out, 'fusion.json')}")
-    return 0
+
+    def body() -> int:
+        cfgs = {}
+        # Fusion pairs the two branches of the paper: faces and bodies.
+        for key, path in (("facial", args.facial_config), ("gesture", args.gesture_config)):
+            over = dict(get_branch(key).smoke) if args.smoke else {}
+            over.update(load_overrides(path, key))
+            if args.epochs:
+                over["epochs"] = args.epochs
+            cfgs[key] = default_config(key, **over)
+        folds = 1 if args.smoke and args.folds is None else args.folds
+        inner = 1 if args.smoke and args.inner is None else args.inner
+        store = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
+        out = args.out or storage.join(store, args.name)
+        storage.ensure_writable_dir(out, "report folder")
+        init_ray(args.address, args.num_cpus)
+        report = run_fusion(
+            cfgs["facial"],
+            cfgs["gesture"],
+            args.facial_shards,
+            args.gesture_shards,
+            folds=folds,
+            inner=inner,
+            workers=args.workers,
+            storage_path=store,
+            rule=args.rule,
+            name=args.name,
+            facial_run=args.facial_run,
+            gesture_run=args.gesture_run,
+        )
+        storage.atomic_write_bytes(
+            storage.join(out, "fusion.json"), json.dumps(report, indent=2).encode()
+        )
+        text = markdown(report)
+        storage.atomic_write_bytes(storage.join(out, "fusion.md"), text.encode())
+        print(text)
+        print(f"report: {storage.join(out, 'fusion.md')}")
+        return 0
+
+    try:
+        return cli.run(body)
+    except ValueError as err:  # mismatched shard folders or runs: the message says which
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

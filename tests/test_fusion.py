@@ -119,3 +119,63 @@ def test_fused_model_beats_each_branch_on_the_paired_set(paired_shards, tmp_path
     assert s["face"]["uar"] <= 0.7 and s["body"]["uar"] <= 0.7, s
     assert s["fused"]["uar"] >= max(s["face"]["uar"], s["body"]["uar"]) + 0.1, s
     assert s["fused"]["war"] > max(s["face"]["war"], s["body"]["war"]), s
+
+
+def _fake_run(root, cfg, shards_root, params: dict, epochs: int, outers) -> str:
+    """A finished tune run's folder as fusion reads it: best_config.json and final models."""
+    import torch
+
+    from datasets.manifest import read_manifest
+    from distributed.checkpoint import TrainedOn, save_model
+    from distributed.steps import build
+    from distributed.trainer import data_info
+
+    data = data_info(read_manifest(shards_root))
+    best = {
+        "base_config": cfg.to_dict(),
+        "search_space": {},
+        "per_outer_fold": [{"outer": k, "params": params, "epochs": epochs} for k in outers],
+    }
+    (root / "results").mkdir(parents=True)
+    (root / "results" / "best_config.json").write_text(json.dumps(best))
+    (root / "models").mkdir()
+    for k in outers:
+        torch.manual_seed(k)
+        model = build(cfg.override(**params), data).eval()
+        save_model(str(root / "models" / f"outer{k}.pt"), model, cfg.override(**params), data,
+                   TrainedOn(k, None, "subjects"), "t")  # fmt: skip
+    return str(root)
+
+
+@pytest.mark.timeout(600)
+def test_fusion_of_tuned_runs_uses_their_configs_and_final_models(paired_shards, tmp_path,
+                                                                  ray_session):  # fmt: skip
+    """Per outer fold, each branch's inner predictions come from the config its search chose,
+    and its test predictions from the search's final model, not from a retrain."""
+    from datasets.manifest import read_manifest
+    from distributed.checkpoint import load_model
+    from distributed.config import default_config
+    from distributed.evaluation import predict_fold
+
+    facial = default_config("facial", model="resnet_tlstm", clips=2, frames=2, lstm1=8, lstm2=4,
+                            epochs=1, batch_size=8)  # fmt: skip
+    gesture = default_config("gesture", rep_size=16, rep_length=16, width=8, se_reduction=4,
+                             epochs=1, batch_size=8)  # fmt: skip
+    runs = {
+        "facial": _fake_run(tmp_path / "rf", facial, paired_shards["facial"], {"lr": 0.02}, 1, [0]),
+        "gesture": _fake_run(tmp_path / "rg", gesture, paired_shards["gesture"], {"width": 4}, 1,
+                             [0]),
+    }  # fmt: skip
+    report = fusion.run_fusion(facial, gesture, paired_shards["facial"], paired_shards["gesture"],
+                               folds=1, inner=1, storage_path=str(tmp_path / "s"), name="ft",
+                               facial_run=runs["facial"], gesture_run=runs["gesture"])  # fmt: skip
+    assert report["gesture"]["model"]["width"] == 4 and report["facial"]["lr"] == 0.02
+    (fold,) = report["folds"]
+    protocol = stored_protocol(paired_shards["facial"])
+    assert sorted(fold["test_ids"]) == protocol["outer"][0]["test"]
+    # the body's test score is the final model's own evaluation on the outer test fold
+    mf = load_model(str(tmp_path / "rg" / "models" / "outer0.pt"))
+    ids, y, probs = predict_fold(mf, paired_shards["gesture"], protocol["outer"][0]["test"])
+    pooled = fusion.scores(y, probs, len(read_manifest(paired_shards["gesture"]).classes))
+    assert fold["body"]["uar"] == pytest.approx(pooled["uar"])
+    assert not (tmp_path / "s" / "ft-gesture" / "split-models" / "split1.pt").exists()
