@@ -83,7 +83,8 @@ def test_folds_cli_rewrites_protocols_side_by_side_in_seconds(ckplus_shards, tmp
     assert read_manifest(str(shards)).protocol == "lists"  # the default stays preprocessing's
     assert {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")} == parquet  # untouched
     assert stored_protocol(shards)["outer"][0]["test"]
-    print(f"distributed.folds on the CK+-sized tree: {seconds:.2f} s")  # shown with -s
+    with capsys.disabled():  # shown with -s: the figure README quotes
+        print(f"\ndistributed.folds on the CK+-sized tree: {seconds:.2f} s ({out.strip()})")
     # a list that disagrees with the shards is refused with the file and line
     bad = tmp_path / "lists"
     shutil.copytree(CKPLUS_FOLDS, bad)
