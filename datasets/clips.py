@@ -1,4 +1,4 @@
-"""Clip sampling (PAPER_SPEC §1.1): which stored frames make up the C clips of K frames.
+"""Clip sampling (Wei et al. 2024, §1.1): which stored frames make up the C clips of K frames.
 
 Sampling happens late, per epoch, on stored uint8 frames: random for training, deterministic for
 evaluation. Per-item randomness comes from (seed, epoch, item id), so a result does not depend on
@@ -18,8 +18,13 @@ def clip_indices(
     """Frame indices (clips, frames) for a video of ``n`` frames.
 
     n > C·K: the index range is cut into C segments of ``n // C`` frames (the last one also takes
-    the remainder); with ``rng`` K distinct indices are drawn in each segment and sorted, without
-    it K evenly spaced indices are taken (``linspace(start, end - 1, K)`` rounded down).
+    the remainder); with ``rng`` K distinct indices are drawn in each segment and sorted. Without
+    it, the reference's deterministic sampler: in a segment of ``len`` frames starting at
+    ``start``, offsets ``int(k * len / K)`` for k = 0..K-2 and ``len - 1`` (the segment's last
+    frame) for k = K-1; K = 2 gives the first and last frame, K = 3 gives 0, len // 3, len - 1.
+    K = 1 follows the same rule, whose only term is k = K-1: each segment's last frame (so the
+    last clip ends on the video's last frame, as for every K). The offsets are distinct because
+    ``len >= K``.
     n <= C·K: the last frame is repeated up to C·K frames, cut into C consecutive clips of K.
     """
     if n < 1:
@@ -34,9 +39,11 @@ def clip_indices(
     starts = np.arange(clips) * seg
     ends = np.append(starts[1:], n)
     if rng is None:
-        # (C, K): evenly spaced within each segment, first and last frame of the segment included
-        span = (ends - 1 - starts)[:, None]
-        return starts[:, None] + (np.arange(frames)[None, :] * span) // max(frames - 1, 1)
+        seg_len = (ends - starts)[:, None]  # (C, 1)
+        # k * len // K is int(k * len / K) exactly (no float rounding on long videos)
+        offsets = (np.arange(frames)[None, :] * seg_len) // frames  # (C, K)
+        offsets[:, -1] = seg_len[:, 0] - 1
+        return starts[:, None] + offsets
     out = np.empty((clips, frames), dtype=np.int64)
     for c in range(clips):  # C is small (<= ~16); the draw per segment is vectorised
         out[c] = np.sort(rng.choice(np.arange(starts[c], ends[c]), size=frames, replace=False))

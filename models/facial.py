@@ -2,7 +2,7 @@
 
 A :class:`FacialModel` is a frame backbone (clip features) followed by the two-stream LSTM head.
 Input: videos ``(B, C, K, 3, S, S)`` — B videos, C clips in temporal order, K frames per clip —
-as uint8 or float in [0, 1]. Output: the head's dict ``{"p1", "p2", "p3", "fused"}``.
+as uint8 or float in [0, 1]. Output: the head's dict ``{"p1", "p2", "p3", "fused", "sum"}``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class FacialModel(nn.Module):
         return self.backbone(x).view(b, c, -1)  # (B, C, 512)
 
     def forward_head(self, features: Tensor) -> dict[str, Tensor]:
-        """Clip features ``(B, C, 512)`` -> ``{"p1", "p2", "p3", "fused"}``."""
+        """Clip features ``(B, C, 512)`` -> ``{"p1", "p2", "p3", "fused", "sum"}``."""
         return self.head(features)
 
     def clip_probabilities(self, features: Tensor) -> Tensor:

@@ -10,6 +10,9 @@ Clip features ``(B, C, F)`` in temporal order go through two streams:
 
 The prediction is ``fused = w * p1 + (1 - w) * p2`` with ``w = 0.2`` in the paper. As in the
 reference, this mixes probabilities (p1) with logits (p2); it is used for its argmax only.
+``sum = p1 + p2 + p3`` is the prediction of the reference's "ResNet + TLSTM" baseline script (the
+same head on a plain ResNet-18), which adds the three heads instead of fusing p1 and p2; it mixes
+probabilities and logits in the same way.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from torch import Tensor, nn
 
 
 class TwoStreamLSTM(nn.Module):
-    """TLSTM head: ``forward(features (B, C, F))`` -> dict p1, p2, p3, fused, each (B, classes).
+    """TLSTM head: ``forward(features (B, C, F))`` -> dict p1, p2, p3, fused, sum (B, classes) each.
 
-    ``p1`` holds probabilities (mean of per-clip softmaxes); ``p2`` and ``p3`` are logits.
+    ``p1`` holds probabilities (mean of per-clip softmaxes); ``p2`` and ``p3`` are logits;
+    ``fused = w * p1 + (1 - w) * p2`` (the paper's prediction) and ``sum = p1 + p2 + p3`` (the
+    reference's ResNet + TLSTM baseline's prediction) are scores for their argmax.
     """
 
     def __init__(
@@ -60,7 +65,7 @@ class TwoStreamLSTM(nn.Module):
         seq2, _ = self.lstm2(clip_probs)  # (B, C, H2)
         p2 = self.fc2(seq2[:, -1])  # (B, classes)
         fused = self.fusion_weight * p1 + (1.0 - self.fusion_weight) * p2
-        return {"p1": p1, "p2": p2, "p3": p3, "fused": fused}
+        return {"p1": p1, "p2": p2, "p3": p3, "fused": fused, "sum": p1 + p2 + p3}
 
 
 def joint_loss(outputs: dict[str, Tensor], target: Tensor, faithful: bool = True) -> Tensor:

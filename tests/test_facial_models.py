@@ -146,7 +146,8 @@ def _randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def slow_super_image_block(blk: SuperImageBlock, x: torch.Tensor, k: int) -> torch.Tensor:
-    """PAPER_SPEC §1.2 written element by element (frames of a clip consecutive in x)."""
+    """The super-image block (Wei et al. 2024, §1.2) written element by element (frames of a
+    clip consecutive in x)."""
     shortcut = x if blk.downsample is None else blk.downsample(x)
     y = F.relu(blk.bn1(blk.conv1(x)))
     n, ch, h, w = y.shape
@@ -232,7 +233,7 @@ def test_shapes_full_grid_small_frames(factory):
                 feats = model.forward_features(x)
                 assert feats.shape == (1, c, 512)
                 out = model.forward_head(feats)
-                assert set(out) == {"p1", "p2", "p3", "fused"}
+                assert set(out) == {"p1", "p2", "p3", "fused", "sum"}
                 for v in out.values():
                     assert v.shape == (1, 4)
                     assert torch.isfinite(v).all()
@@ -445,6 +446,9 @@ def test_tlstm_head_matches_its_definition():
     torch.testing.assert_close(out["p2"], p2, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["p3"], p3, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["fused"], 0.3 * p1 + 0.7 * p2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["sum"], p1 + p2 + p3, rtol=1e-5, atol=1e-5)
+    # exactly the sum of the three heads it returns, in this order
+    assert torch.equal(out["sum"], out["p1"] + out["p2"] + out["p3"])
     torch.testing.assert_close(out["p1"].sum(1), torch.ones(3))
 
 
