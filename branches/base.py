@@ -93,6 +93,7 @@ class Branch(ABC):
     source_extensions: tuple[str, ...]  # file types a source folder item may have
     reads_video: bool  # items are videos / image sequences (the CK+ layout needs this)
     train_defaults: dict  # optimisation defaults (TrainConfig fields) of the paper
+    model_defaults: dict = {}  # model name -> flat defaults that differ (the published baselines)
     smoke: dict  # flat overrides of a smoke run (a tiny model, a few epochs)
     space: dict  # search space (see distributed.search_space)
     start: list  # points evaluated first (the paper's)

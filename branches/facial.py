@@ -19,7 +19,7 @@ from datasets.clips import clip_indices, item_rng, sample_clips
 from datasets.items import FacialOptions, facial_row, process_facial_item
 from datasets.records import SourceItem
 
-HEADS = ("p1", "p2", "p3", "fused")
+HEADS = ("p1", "p2", "p3", "fused", "sum")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class FacialModelConfig:
     (H2) of the two-stream head; fusion_weight w of ``fused = w·p1 + (1-w)·p2``; dropout before
     the clip classifier; depth 18 or 34 of the ResNet backbone; normalize: ImageNet mean/std on
     the input (off = faithful); imagenet_weights: a torchvision ``resnet18`` .pth to start from;
-    head: the score that predicts and is scored ("fused" as in the paper, or "p1", "p2", "p3");
+    head: the score that predicts and is scored ("fused" as in the paper, "sum" = p1 + p2 + p3 as
+    the reference's ResNet + TLSTM baseline predicts, or one of "p1", "p2", "p3");
     faithful_loss: the reference's cross-entropy on p1's probabilities (off: NLL of p1).
     """
 
@@ -117,6 +118,8 @@ class FacialBranch(Branch):
     columns = ("id", "label", "n_frames", "size", "frames")
     options_type = FacialOptions
     reads_video = True
+    # The reference's ResNet + TLSTM baseline script: K = 3, 200 epochs, predicts with p1+p2+p3.
+    model_defaults = {"resnet_tlstm": dict(frames=3, epochs=200, head="sum")}
     train_defaults = dict(
         optimizer="sgd", lr=0.005, momentum=0.9, weight_decay=1e-4, epochs=400, batch_size=8
     )

@@ -29,7 +29,11 @@ class GestureModelConfig:
     name: "accm" or "cnn"; representation: "timeline" (2J, S, L), "timeline_single" (2, S, L) or
     "potion" (J, S, S); rep_size S, rep_length L; joint_weight: "index" (w_j = j + 1, faithful) or
     "one"; width W of the network and se_reduction of ACCM's squeeze-excitation; head: the one
-    score ("fused", the network's logits).
+    score ("fused", the network's logits); normalise: per-frame joint normalisation,
+    "reference" (integer coordinates and a 5-unit border on each side, as the paper's code) or
+    "fit" (float coordinates, (S - 5) / range); faithful_loss: for the CNN baseline, the
+    reference's cross-entropy on its softmax output (off: on the logits). ACCM's loss is always
+    the cross-entropy on its logits, as in the reference.
     """
 
     name: str = "accm"
@@ -40,6 +44,8 @@ class GestureModelConfig:
     width: int = 128
     se_reduction: int = 16
     head: str = "fused"
+    normalise: str = "reference"
+    faithful_loss: bool = True
 
     def __post_init__(self) -> None:
         from datasets.representations import KINDS, WEIGHTS
@@ -50,6 +56,8 @@ class GestureModelConfig:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.representation not in KINDS:
             raise ValueError(f"representation must be one of {KINDS}, got {self.representation!r}")
+        if self.normalise not in ("reference", "fit"):
+            raise ValueError(f"normalise must be reference or fit, got {self.normalise!r}")
         if self.joint_weight not in WEIGHTS:
             raise ValueError(f"joint_weight must be one of {WEIGHTS}, got {self.joint_weight!r}")
         for key in ("rep_size", "rep_length", "width", "se_reduction"):
@@ -184,6 +192,7 @@ class GestureBranch(Branch):
             cfg.rep_size,
             cfg.rep_length,
             weight=cfg.joint_weight,
+            normalise=cfg.normalise,
         )
 
     def in_channels(self, cfg: GestureModelConfig, data: DataInfo) -> int:
@@ -206,8 +215,12 @@ class GestureBranch(Branch):
     def outputs(self, raw):
         return {"fused": raw}
 
-    def loss(self, cfg, outputs, y):
-        return F.cross_entropy(outputs["fused"], y)
+    def loss(self, cfg: GestureModelConfig, outputs, y):
+        logits = outputs["fused"]
+        if cfg.name == "cnn" and cfg.faithful_loss:
+            # the reference CNN ends in a softmax and its loss is CE on those probabilities
+            return F.cross_entropy(logits.softmax(dim=1), y)
+        return F.cross_entropy(logits, y)
 
     # ------------------------------------------------------------ use
     def example_input(self, cfg: GestureModelConfig, data: DataInfo, batch: int):

@@ -132,10 +132,13 @@ def check_keys(branch: str, keys, where: str) -> None:
 
 
 def default_config(branch: str, **overrides) -> TrainConfig:
-    """The paper's configuration of ``branch``, with flat overrides."""
+    """The paper's configuration of ``branch``, with flat overrides. Naming another ``model``
+    brings its published defaults (e.g. the ResNet + TLSTM baseline's K = 3, 200 epochs and
+    p1 + p2 + p3 prediction), which explicit overrides still win over."""
     b = get_branch(branch)
     base = TrainConfig(branch=b.name, model=b.config_type(), **b.train_defaults)
-    return base.override(**overrides)
+    published = b.model_defaults.get(overrides.get("model"), {})
+    return base.override(**{**published, **overrides})
 
 
 def read_mapping(path: str) -> dict:
@@ -161,13 +164,45 @@ def read_mapping(path: str) -> dict:
     return data
 
 
-def load_overrides(path: str | None, branch: str) -> dict:
-    """Flat overrides from a JSON or YAML file, checked against ``branch``'s keys."""
+@dataclass(frozen=True)
+class ConfigFile:
+    """What a ``--config`` file holds: flat overrides, and for a preset (``configs/*.yaml``)
+    the branch it is for, the protocol its recipe is evaluated on and a description."""
+
+    overrides: dict
+    protocol: str | None = None
+    description: str = ""
+
+
+PRESET_KEYS = {"branch", "protocol", "config", "description"}
+
+
+def load_config_file(path: str | None, branch: str) -> ConfigFile:
+    """A JSON/YAML file of flat overrides, or a preset ``{branch, protocol, config: {...}}``;
+    every key is checked against ``branch``'s (the message names the file and the key)."""
     if not path:
-        return {}
+        return ConfigFile({})
     data = read_mapping(path)
+    if "config" in data:
+        unknown = set(data) - PRESET_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown preset keys {sorted(unknown)}; known: {sorted(PRESET_KEYS)}"
+            )
+        if data.get("branch", branch) != branch:
+            raise ConfigError(f"{path}: a preset for the {data['branch']} branch, not {branch}")
+        overrides = data["config"]
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{path}: config must be a mapping")
+        check_keys(branch, overrides, f"{path}: config")
+        return ConfigFile(dict(overrides), data.get("protocol"), str(data.get("description", "")))
     check_keys(branch, data, path)
-    return data
+    return ConfigFile(data)
+
+
+def load_overrides(path: str | None, branch: str) -> dict:
+    """Flat overrides from a JSON or YAML file (or a preset's), checked against the branch."""
+    return load_config_file(path, branch).overrides
 
 
 @functools.cache

@@ -142,3 +142,25 @@ def load_space(
     for k, point in enumerate(start):
         base.override(where=f"{where}: start[{k}]", **point)
     return SearchSpace(space=space, start=start, fixed=fixed)
+
+
+def within(spec, value) -> bool:
+    """Whether ``value`` is a point of ``spec``."""
+    if not isinstance(spec, dict):
+        return value == spec
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return value in args
+    if not _number(value):
+        return False
+    return args[0] <= value <= args[1] and (kind != "int" or float(value).is_integer())
+
+
+def with_first_point(space: SearchSpace, cfg) -> SearchSpace:
+    """The space with ``cfg``'s values of the searched keys evaluated first (when they are
+    points of the space), e.g. a paper preset's recipe."""
+    flat = cfg.flat()
+    point = {k: flat[k] for k in space.space}
+    if not all(within(space.space[k], v) for k, v in point.items()) or point in space.start:
+        return space
+    return SearchSpace(space.space, [point, *space.start], space.fixed)

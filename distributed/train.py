@@ -21,7 +21,7 @@ from branches import BRANCHES, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
 from distributed import cli
-from distributed.config import TrainConfig, default_config, load_overrides
+from distributed.config import TrainConfig, default_config, load_config_file
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ EPOCH_COLUMNS = [
 def config_from(args: TrainArgs) -> TrainConfig:
     """The training configuration a command line asks for (smoke < file < flags)."""
     overrides = dict(get_branch(args.branch).smoke) if args.smoke else {}
-    overrides.update(load_overrides(args.config, args.branch))
+    overrides.update(load_config_file(args.config, args.branch).overrides)
     for key in ("epochs", "model", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -89,7 +89,8 @@ def train(args: TrainArgs):
     manifest = read_manifest(args.shards)
     if manifest.kind != args.branch:
         raise cli.UsageError(f"{args.shards} holds {manifest.kind} shards, not {args.branch}")
-    key, protocol = read_protocol(args.shards, manifest, args.protocol)
+    preset_protocol = load_config_file(args.config, args.branch).protocol
+    key, protocol = read_protocol(args.shards, manifest, args.protocol or preset_protocol)
     spec = outer_fold_spec(protocol, key, args.fold, args.inner)
     name = args.name or f"{args.branch}-fold{args.fold}" + (
         "" if args.inner is None else f"-inner{args.inner}"
@@ -119,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument(
-        "--config", help="JSON/YAML file of flat config overrides (e.g. lr, frames, depth, head)"
+        "--config",
+        help="JSON/YAML file of flat config overrides (e.g. lr, frames, depth, head), or a paper "
+        "preset (configs/*.yaml; its protocol is the default --protocol)",
     )
     p.add_argument("--model", help="model name (sistcm, resnet_tlstm, accm, cnn)")
     p.add_argument("--seed", type=int, default=None)

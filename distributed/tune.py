@@ -25,7 +25,7 @@ from branches import BRANCHES, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
 from distributed import cli
-from distributed.config import default_config
+from distributed.config import default_config, load_config_file
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class TuneArgs:
     max_concurrent: int | None = None
     protocol: str | None = None
     epochs: int | None = None
+    config: str | None = None
     space: str | None = None
     storage: str = "runs"
     name: str | None = None
@@ -57,13 +58,17 @@ def tune(args: TuneArgs) -> str:
     """Plan and run the search the command line asks for; returns report.md's text."""
     from distributed.common import cluster_cpus, init_ray
     from distributed.search import SearchPlan, plan_concurrency, run_search
-    from distributed.search_space import load_space
+    from distributed.search_space import load_space, with_first_point
     from distributed.trainer import Resources
 
     branch = get_branch(args.branch)
     overrides = dict(branch.smoke) if args.smoke else {}
+    preset = load_config_file(args.config, args.branch)
+    overrides.update(preset.overrides)
     # The whole space file is checked before anything else starts.
     space = load_space(args.branch, args.space, smoke=args.smoke, base_overrides=overrides)
+    if preset.overrides:  # a preset is the fixed part of the search and its first point
+        space = with_first_point(space, default_config(args.branch, **overrides))
     overrides.update(space.fixed, seed=args.seed)
     if args.epochs:
         overrides["epochs"] = args.epochs
@@ -84,7 +89,7 @@ def tune(args: TuneArgs) -> str:
     manifest = read_manifest(shards_root)
     if manifest.kind != args.branch:
         raise cli.UsageError(f"{shards_root} holds {manifest.kind} shards, not {args.branch}")
-    key, protocol = read_protocol(shards_root, manifest, args.protocol)
+    key, protocol = read_protocol(shards_root, manifest, args.protocol or preset.protocol)
     n_outer = len(protocol.outer)
     outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
     samples = args.samples or (3 if args.smoke else 20)
@@ -139,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, default=0)
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="epochs per fold (default: config)")
+    p.add_argument(
+        "--config",
+        help="flat config overrides or a paper preset (configs/*.yaml): "
+        "the fixed part of the search and its first point",
+    )
     p.add_argument("--space", help="YAML/JSON search-space override file")
     p.add_argument("--storage", default="runs", help="results and checkpoints (path or URI)")
     p.add_argument("--name", default=None, help="experiment name (default: BRANCH[-smoke])")

@@ -42,7 +42,7 @@ def _checkpoint(path, kind, model=None):
 def _eager(ckpt, x):
     mf = load_model(ckpt)
     with torch.no_grad():
-        return export.ExportWrapper(mf.model, mf.config.branch).eval()(x)
+        return export.ExportWrapper(mf.model, mf.config.branch, mf.config.head).eval()(x)
 
 
 CASES = [

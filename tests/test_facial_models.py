@@ -261,10 +261,10 @@ def test_shapes_large_frames(factory, b, c, k, s):
 
 def test_factories_record_defaults_and_accept_other_clip_lengths():
     model = sistcm(num_classes=7)
-    assert (model.clips, model.frames, model.num_classes) == (5, 2, 7)
+    assert (model.config.clips, model.config.frames, model.num_classes) == (5, 2, 7)
     assert model.config.to_dict()["name"] == "sistcm"
     base = resnet_tlstm(num_classes=7)
-    assert (base.clips, base.frames) == (5, 3)
+    assert (base.config.clips, base.config.frames) == (5, 3)
     assert all(isinstance(b, SuperImageBlock) for b in model.backbone.blocks())
     assert all(isinstance(b, BasicBlock) for b in base.backbone.blocks())
     deep = sistcm_resnet34()

@@ -83,7 +83,7 @@ def test_export_wrapper_returns_the_heads_probabilities():
     model = build(cfg, DataInfo(tuple("abc"), {})).eval()
     x = torch.randint(0, 256, (2, 2, 2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
-        probs, p1, p2, p3, fused = export.ExportWrapper(model, "facial", cfg.head)(x)
+        probs, p1, p2, p3, fused, total = export.ExportWrapper(model, "facial", cfg.head)(x)
         out = model(x)
     assert torch.allclose(probs, out["p3"].softmax(1))
     assert torch.allclose(fused, out["fused"]) and torch.allclose(p3, out["p3"])
