@@ -4,8 +4,9 @@ Folds are index arrays into the dataset's item list. ``subject_kfold`` assigns w
 folds greedily (largest subject first, to the fold whose class counts it brings closest to the
 per-fold target), so no subject appears in two folds. ``nested_splits`` carves inner,
 subject-disjoint train/validation splits out of every outer training fold: epochs and
-hyperparameters are chosen on those, never on the outer test fold (the reference's defect, see
-PAPER_SPEC §3). ``read_fold_lists`` reads the reference's ``trainN.txt`` / ``evalN.txt`` lists.
+hyperparameters are chosen on those, never on the outer test fold (the defect of the reference
+code of Wei et al. 2024). ``read_fold_lists`` reads the reference's ``trainN.txt`` /
+``evalN.txt`` lists.
 """
 
 from __future__ import annotations

@@ -98,10 +98,31 @@ def process_gesture_item(item: SourceItem, label: int, opts: GestureOptions) -> 
     return gesture_row(item, label, read_joints(item.path), opts)
 
 
+KINECT_SCALE = 372.0
+
+
+def to_reference_units(seq):
+    """Kinect v2 camera-space metres -> the pixel-like units the paper's code works in.
+
+    The reference maps Kinect coordinates with ``(1 - v) * 372`` before its per-frame
+    normalisation, which truncates coordinates to whole units first: on raw metres (|v| < 2) that
+    would leave a handful of positions. Other layouts (OpenPose and MediaPipe pixels, mocap in
+    its own units) already are whole-unit scales and are kept as read."""
+    if seq.layout != "kinect25":
+        return seq
+    from datasets.records import JointSequence
+
+    joints = seq.joints.copy()
+    joints[..., :2] = (1.0 - joints[..., :2]) * KINECT_SCALE  # x, y; z (depth) as read
+    return JointSequence(joints, seq.confidence, seq.source, seq.layout)
+
+
 def gesture_row(item: SourceItem, label: int, seq, opts: GestureOptions) -> shards.GestureRow:
-    """A ``JointSequence`` (missing joints filled if the options say so) as a shard row."""
+    """A ``JointSequence`` (Kinect mapped to reference units, missing joints filled if the
+    options say so) as a shard row."""
     from datasets.joints import fill_missing
 
+    seq = to_reference_units(seq)
     if opts.fill_missing:
         seq = fill_missing(seq)
     return shards.GestureRow(

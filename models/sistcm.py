@@ -1,7 +1,7 @@
 """SISTCM: the super-image spatio-temporal convolutional model of Wei et al. (ESWA 2024).
 
 A ResNet run on every frame as a 2D image, except that each basic block's second 3x3 convolution
-sees two "super images" built from the K frames of a clip (PAPER_SPEC §1.2). Also the plain 2D
+sees two "super images" built from the K frames of a clip (Wei et al. 2024). Also the plain 2D
 ResNet of the paper's "ResNet + TLSTM" baseline. Weight names follow torchvision's ``resnet18`` /
 ``resnet34`` so ImageNet weights load by name (:func:`load_imagenet_weights`).
 

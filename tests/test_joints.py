@@ -291,3 +291,21 @@ def test_synthetic_raise_and_lower_are_opposite_in_time():
         height = q[:, 1, 1] - q[:, 4, 1]  # (T,)
         r = np.corrcoef(np.arange(len(q)), height)[0, 1]
         assert (r > 0.8) if item.label == "raise_right" else (r < -0.8), (item.id, r)
+
+
+def test_kinect_metres_become_the_references_units_in_the_shard_row(tmp_path):
+    """The paper's code maps Kinect coordinates with (1 - v) * 372 before normalising (which
+    truncates to whole units); the shard row holds those units, other layouts stay as read."""
+    from datasets.items import GestureOptions, gesture_row
+    from datasets.records import JointSequence, SourceItem
+
+    rng = np.random.default_rng(5)
+    q = table_values(rng, 4, 25)
+    item = SourceItem("k", "s", "a", "k.csv")
+    seq = JointSequence(q.copy(), np.ones((4, 25), np.float32), "k.csv", "kinect25")
+    row = gesture_row(item, 0, seq, GestureOptions(fill_missing=False))
+    np.testing.assert_allclose(row.joints[..., 0], (1 - q[..., 0]) * 372, rtol=1e-6)
+    np.testing.assert_allclose(row.joints[..., 1], (1 - q[..., 1]) * 372, rtol=1e-6)
+    np.testing.assert_array_equal(row.joints[..., 2], q[..., 2])
+    other = JointSequence(q.copy(), np.ones((4, 25), np.float32), "x.npy", "array")
+    np.testing.assert_array_equal(gesture_row(item, 0, other, GestureOptions()).joints, q)

@@ -225,12 +225,22 @@ def test_empty_folder(tmp_path):
     _raises(tmp_path / "seq", "no image files")
 
 
-def test_corrupt_image_in_folder_names_the_image(tmp_path):
+def test_corrupt_image_in_folder_is_dropped_and_named(tmp_path):
+    """One unreadable frame no longer costs the sequence: it is left out and named; a folder
+    where no image reads is bad input naming the folder."""
+    from datasets.video import decode_frames
+
     folder = _write_folder(tmp_path / "seq", _smooth_frames(2, 16, 16))
     (folder / "frame3.png").write_bytes(b"\x89PNG broken")
+    got = decode_frames(folder)
+    assert len(got.frames) == 2 and got.dropped == ("frame3.png",)
+    assert "frame3.png" in got.notes()[0]
+    for p in folder.iterdir():
+        p.write_bytes(b"\x89PNG broken")
     with pytest.raises(BadInput) as info:
         read_frames(folder)
-    assert info.value.path.endswith("frame3.png") and "not a readable image" in info.value.reason
+    assert info.value.path == str(folder)
+    assert "none of its 3 images is readable" in info.value.reason
 
 
 def test_max_frames_must_be_positive(tmp_path):
