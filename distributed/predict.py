@@ -2,6 +2,8 @@
 
     python -m distributed.predict PATH... --checkpoint CKPT [--out FILE.json|FILE.csv]
         [--plot PNG_OR_DIR] [--batch] [--clips N] [--actors N] [--device cpu]
+    python -m distributed.predict VIDEO... --checkpoint FACE.pt --checkpoint BODY.pt
+        [--fusion-weight W | --fusion-report fusion.json]
 
 Each PATH is a video, an image-sequence folder, a joint file (.npz/.npy/.csv/.txt or an OpenPose
 folder) or a folder of such items (searched recursively). The checkpoint says which branch it
@@ -21,6 +23,12 @@ job keeps such videos the same way) and carries a warning. The exit code is 1 on
 could be predicted. More than ``--batch-threshold`` items (or ``--batch``) run as a Ray Data job
 (``distributed.predict_batch``); smaller inputs run in this process without Ray. The Python API
 is ``distributed.predictor.Predictor``.
+
+With a face and a body checkpoint (a body model trained on ``--pose mediapipe`` shards), each
+redoes its own preprocessing on the same videos (face crops; pose estimation) and the two
+probability vectors are fused as ``distributed.fusion`` does, ``p ∝ p_face^w · p_body^(1-w)``
+(w from ``--fusion-weight``, the mean w of a ``--fusion-report``, or 0.5); every result keeps
+both branches' own predictions under ``branches``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from datasets import storage
 from distributed import cli
@@ -88,7 +98,7 @@ def discover(paths: list[str], branch) -> tuple[list[tuple[str, str]], list[tupl
 @dataclass(frozen=True)
 class PredictArgs:
     paths: list[str]
-    checkpoint: str
+    checkpoint: list[str]
     out: str | None = None
     plot: str | None = None
     clips: int | None = None
@@ -98,6 +108,8 @@ class PredictArgs:
     batch_size: int = 8
     device: str = "cpu"
     address: str | None = None
+    fusion_weight: float | None = None
+    fusion_report: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="videos, folders or joint files")
-    p.add_argument("--checkpoint", required=True, help="model.pt written by train or tune")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="model.pt written by train or tune; give a face and a body checkpoint "
+        "(twice) to predict with both and fuse them",
+    )
+    p.add_argument(
+        "--fusion-weight",
+        type=float,
+        default=None,
+        help="w of p_face^w * p_body^(1-w) with two checkpoints (default 0.5)",
+    )
+    p.add_argument("--fusion-report", help="fusion.json of distributed.fusion: its mean w")
     p.add_argument("--out", help="results file: .json (default layout) or .csv (long table)")
     p.add_argument("--plot", help="PNG file (one item) or folder: probabilities over time")
     p.add_argument("--clips", type=int, default=None, help="clips in the timeline (default: C)")
@@ -125,15 +150,89 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load(path: str, args: PredictArgs) -> tuple[bytes, Predictor]:
+    try:
+        data = storage.read_bytes(path)
+        return data, Predictor.from_checkpoint(data, args.device, args.clips)
+    except Exception as err:  # unreadable, not a checkpoint, unknown model, ...
+        raise cli.UsageError(f"{path}: cannot load the checkpoint ({err})") from None
+
+
+def fusion_weight(args: PredictArgs) -> float:
+    """w for two checkpoints: --fusion-weight, or the mean w a fusion report chose per fold."""
+    if args.fusion_weight is not None:
+        if not 0.0 <= args.fusion_weight <= 1.0:
+            raise cli.UsageError(f"--fusion-weight must be in [0, 1], got {args.fusion_weight}")
+        return args.fusion_weight
+    if args.fusion_report:
+        import json
+
+        try:
+            folds = json.loads(storage.read_bytes(args.fusion_report))["folds"]
+            return float(sum(f["w"] for f in folds) / len(folds))
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as err:
+            raise cli.UsageError(
+                f"{args.fusion_report}: not a fusion.json report ({err})"
+            ) from None
+    return 0.5
+
+
+def predict_pair(args: PredictArgs) -> tuple[list[dict], Predictor]:
+    """A face and a body checkpoint on the same inputs: each redoes its own preprocessing (face
+    crops; pose estimation for a body model trained on --pose shards), then the log-linear
+    fusion of ``distributed.fusion`` with weight w."""
+    from distributed.fusion_rules import fuse
+
+    loaded = [_load(path, args)[1] for path in args.checkpoint]
+    branches = {p.branch.name for p in loaded}
+    if len(branches) != 2:
+        raise cli.UsageError(
+            "two --checkpoint files must be of two branches (a face and a body "
+            f"model), got {sorted(p.branch.name for p in loaded)}"
+        )
+    face = next(p for p in loaded if p.branch.reads_video)
+    body = next(p for p in loaded if p is not face)
+    if face.class_names != body.class_names:
+        raise cli.UsageError(
+            f"the checkpoints' classes differ: {face.class_names} vs {body.class_names}"
+        )
+    w = fusion_weight(args)
+    items, skipped = discover(args.paths, face.branch)
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    a, b = predict_local(face, items), predict_local(body, items)
+    out = []
+    for ra, rb in zip(a, b):
+        if ra["status"] != "ok" or rb["status"] != "ok":
+            bad = ra if ra["status"] != "ok" else rb
+            out.append({**bad, "branches": {"face": ra, "body": rb}})
+            continue
+        names = face.class_names
+        pf = np.array([[ra["probabilities"][c] for c in names]])
+        pb = np.array([[rb["probabilities"][c] for c in names]])
+        fused = fuse(pf, pb, w)[0]
+        label = names[int(np.argmax(fused))]
+        out.append(
+            {
+                **ra,
+                "label": label,
+                "probabilities": dict(zip(names, map(float, fused))),
+                "fusion_weight": w,
+                "branches": {"face": ra, "body": rb},
+            }
+        )
+    return out, face
+
+
 def predict(args: PredictArgs) -> tuple[list[dict], Predictor]:
     """Every item the arguments name, predicted; returns (results, predictor)."""
     if args.clips is not None and args.clips < 1:
         raise cli.UsageError("--clips must be >= 1")
-    try:
-        data = storage.read_bytes(args.checkpoint)
-        predictor = Predictor.from_checkpoint(data, args.device, args.clips)
-    except Exception as err:  # unreadable, not a checkpoint, unknown model, ...
-        raise cli.UsageError(f"{args.checkpoint}: cannot load the checkpoint ({err})") from None
+    if len(args.checkpoint) > 2:
+        raise cli.UsageError("give one --checkpoint, or two (a face and a body model)")
+    if len(args.checkpoint) == 2:
+        return predict_pair(args)
+    data, predictor = _load(args.checkpoint[0], args)
     items, skipped = discover(args.paths, predictor.branch)
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
@@ -166,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['id']}: {r['label']} ({top:.2f}){notes}")
             else:
                 print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
-        write_outputs(results, predictor, args.checkpoint, args.out, args.plot)
+        write_outputs(results, predictor, ",".join(args.checkpoint), args.out, args.plot)
         n_ok = sum(r["status"] == "ok" for r in results)
         print(f"{n_ok} of {len(results)} items predicted", file=sys.stderr)
         return 0 if n_ok else 1

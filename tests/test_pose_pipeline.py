@@ -112,3 +112,44 @@ def test_without_mediapipe_the_pose_option_says_how_to_install(people_videos, tm
                             "--out", str(tmp_path / "x")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "make pose" in err and "--no-deps" in err
+
+
+def test_predict_with_a_face_and_a_body_checkpoint_fuses_them(people_videos, pose_shards,
+                                                             tmp_path, capsys):  # fmt: skip
+    import json
+
+    import torch
+
+    from datasets.manifest import read_manifest
+    from distributed import predict
+    from distributed.checkpoint import TrainedOn, save_model
+    from distributed.config import default_config
+    from distributed.fusion_rules import fuse
+    from distributed.steps import build
+    from distributed.trainer import data_info
+
+    body_cfg = default_config("gesture", rep_size=32, rep_length=16, width=8, se_reduction=4)
+    body_data = data_info(read_manifest(pose_shards))
+    face_cfg = default_config("facial", clips=2, frames=2, lstm1=8, lstm2=4, head="p3")
+    face_data = type(body_data)(body_data.classes, {"size": 32, "detector": "haar", "every": 5,
+                                                    "margin": 0.2, "max_frames": None})  # fmt: skip
+    torch.manual_seed(0)
+    files = {}
+    for name, cfg, data in (("face", face_cfg, face_data), ("body", body_cfg, body_data)):
+        files[name] = str(tmp_path / f"{name}.pt")
+        save_model(files[name], build(cfg, data).eval(), cfg, data, TrainedOn(), "t")
+    video = str(people_videos / "wave" / "astronaut_0.avi")
+    out = tmp_path / "p.json"
+    assert predict.main([video, "--checkpoint", files["body"], "--checkpoint", files["face"],
+                         "--fusion-weight", "0.3", "--out", str(out)]) == 0  # fmt: skip
+    (item,) = json.loads(out.read_text())["items"]
+    names = list(body_data.classes)
+    pf = np.array([[item["branches"]["face"]["probabilities"][c] for c in names]])
+    pb = np.array([[item["branches"]["body"]["probabilities"][c] for c in names]])
+    np.testing.assert_allclose([item["probabilities"][c] for c in names], fuse(pf, pb, 0.3)[0],
+                               atol=1e-6)  # fmt: skip
+    alone = predict.Predictor.from_checkpoint(files["body"]).predict_path(video)
+    assert item["branches"]["body"]["probabilities"] == pytest.approx(alone.probabilities)
+    capsys.readouterr()
+    assert predict.main([video, "--checkpoint", files["body"], "--checkpoint", files["body"]]) == 2
+    assert "two branches" in capsys.readouterr().err
