@@ -172,9 +172,11 @@ def read_protocol(root: str, manifest: Manifest, key: str | None = None) -> tupl
     path = protocol_path(root, key)
     if not exists(path):
         there = list_protocols(root)
+        if not there:
+            raise ManifestError(f"{root}: no protocol {key!r}; {no_protocol_hint(root)}")
         raise ManifestError(
-            f"{root}: no protocol {key!r}; stored: {', '.join(there) or 'none'} "
-            f"({no_protocol_hint(root)})"
+            f"{root}: no protocol {key!r}; stored: {', '.join(there)} (write it with "
+            f"`python -m distributed.folds {root} --protocol {key}`)"
         )
     try:
         return key, Protocol.from_json(json.loads(read_bytes(path)))

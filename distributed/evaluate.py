@@ -40,23 +40,26 @@ class EvaluateArgs:
     allow_other_preprocessing: bool = False
 
 
-def training_rows(mf, root: str, manifest) -> tuple[set[str] | None, str]:
-    """(ids that trained the checkpoint, a description), or (None, why not known)."""
+def training_rows(mf, root: str, manifest) -> tuple[set[str] | None, set[str], str]:
+    """(ids that trained the checkpoint, ids its kept epoch was chosen on, a description), or
+    (None, empty, why it is not known)."""
     on = mf.trained_on
     if on.outer is None or on.protocol is None:
-        return None, "the checkpoint does not name the fold it was trained on"
+        return None, set(), "the checkpoint does not name the fold it was trained on"
     try:
         _, protocol = read_protocol(root, manifest, on.protocol)
         outer = protocol.fold(on.outer)
     except (ManifestError, ProtocolError):
-        return None, f"these shards do not hold its protocol {on.protocol!r}"
+        return None, set(), f"these shards do not hold its protocol {on.protocol!r}"
     if on.inner is None:
-        return set(outer.train), f"the training rows of outer fold {on.outer} ({on.protocol})"
+        return (
+            set(outer.train),
+            set(),
+            f"the training rows of outer fold {on.outer} ({on.protocol})",
+        )
     rows = outer.inner_split(on.inner)
-    return set(rows.train), (
-        f"inner split {on.inner} of outer fold {on.outer} "
-        f"({on.protocol}; validated on its val rows)"
-    )
+    how = f"inner split {on.inner} of outer fold {on.outer} ({on.protocol})"
+    return set(rows.train), set(rows.val), how
 
 
 def check_preprocessing(mf, manifest, shards: str, checkpoint: str) -> None:
@@ -91,7 +94,7 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
     ids = outer.test if args.inner is None else outer.inner_split(args.inner, where).val
     if not args.allow_other_preprocessing:
         check_preprocessing(mf, manifest, args.shards, args.checkpoint)
-    trained, how = training_rows(mf, args.shards, manifest)
+    trained, selected, how = training_rows(mf, args.shards, manifest)
     if trained is None:
         print(
             f"warning: cannot tell which rows trained {args.checkpoint} ({how}); make sure "
@@ -99,16 +102,17 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
             file=sys.stderr,
         )
     elif trained & set(ids) and not args.allow_train_rows:
-        held = (
-            f"score --fold {mf.trained_on.outer}, the fold it was held out on"
-            if mf.trained_on.inner is None
-            else f"score --fold {mf.trained_on.outer} (its test rows) or --fold "
-            f"{mf.trained_on.outer} --inner {mf.trained_on.inner} (its validation rows)"
-        )
         raise cli.UsageError(
             f"{args.checkpoint} was trained on {how}: {len(trained & set(ids))} of the "
-            f"{len(ids)} rows to score trained it, so they are not test data; {held}, or pass "
-            "--allow-train-rows to score them anyway"
+            f"{len(ids)} rows to score trained it, so they are not test data; score --fold "
+            f"{mf.trained_on.outer}, the fold it was held out on, or pass --allow-train-rows to "
+            "score them anyway"
+        )
+    elif selected & set(ids):
+        print(
+            f"note: {len(selected & set(ids))} of these rows are the validation rows "
+            f"{args.checkpoint}'s epoch was chosen on: a validation figure, not a test figure",
+            file=sys.stderr,
         )
     ids_seen, y, probs = predict_fold(mf, args.shards, ids, args.device)
     summary = summarise(y, probs.argmax(1), mf.classes)
