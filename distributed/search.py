@@ -173,12 +173,13 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             f"outer fold {outer}: resuming from {ledger.path}: {len(finished)} trial(s) "
             f"finished, {to_run} to run"
         )
-    if to_run == 0:
-        return ledger
     tune_space = plan.space.tune_space()
     distributions = OptunaSearch.convert_search_space(tune_space)
     study = optuna_storage(root, outer)
+    # also when nothing is left to run: a kill after the last trial ended can leave it running
     rebuild_study(study["storage"], study["study_name"], ledger, distributions)
+    if to_run == 0:
+        return ledger
     points = pending_points(created, plan.space.start, distributions)[:to_run]
     searcher = OptunaSearch(
         points_to_evaluate=points or None,

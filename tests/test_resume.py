@@ -90,6 +90,18 @@ def _same_trials(ledger: dict) -> list:
     ]
 
 
+def _tune_status(exp: Path, trial_id: str) -> str | None:
+    """A trial's status in Tune's latest saved experiment state (None: not saved yet)."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    for trial_json, _ in json.loads(states[-1].read_text())["trial_data"]:
+        trial = json.loads(trial_json)
+        if trial["trial_id"] == trial_id:
+            return trial.get("status")
+    return None
+
+
 def _study(root: Path) -> list:
     import optuna
     from optuna.storages import JournalStorage
@@ -159,6 +171,9 @@ def test_killed_at_every_point_then_resumed_gives_the_uninterrupted_result(
     ledger = _ledger(root)
     assert [t["end"]["state"] for t in ledger["trials"]] == ["complete", "stopped"]
     assert ledger["attempt"] == 2
+    assert _tune_status(root / "outer0-resume2", ledger["trials"][1]["tune_trial_id"]) != (
+        "TERMINATED"
+    )
 
     # 4. during the final retrain (trial 2 ran first; trials 0 and 1 were not run again)
     code, log = _drive(search_env, name, "final", resume=True)
