@@ -26,6 +26,7 @@ from distributed.ledger import (
     Ledger,
     LedgerCallback,
     TrialSeededSampler,
+    asha_state,
     ledger_rows,
     pending_points,
     rebuild_study,
@@ -166,7 +167,6 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             f"{ledger.path}: {len(finished)} trials already finished, more than --samples "
             f"{plan.samples}; resume with --samples {len(finished)} or more"
         )
-    ledger.save()
     to_run = plan.samples - len(finished)
     if finished:
         print(
@@ -178,6 +178,10 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
     study = optuna_storage(root, outer)
     # also when nothing is left to run: a kill after the last trial ended can leave it running
     rebuild_study(study["storage"], study["study_name"], ledger, distributions)
+    asha = ASHAScheduler(time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2)
+    replay_asha(asha, ledger, n_inner)
+    ledger.scheduler = asha_state(asha, {})
+    ledger.save()
     if to_run == 0:
         return ledger
     points = pending_points(created, plan.space.start, distributions)[:to_run]
@@ -186,8 +190,6 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
         sampler=TrialSeededSampler(plan.base.seed + outer),
         **study,
     )
-    asha = ASHAScheduler(time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2)
-    replay_asha(asha, ledger, n_inner)
     data = prepare_datasets(plan.shards, inner_specs(plan, outer), outer_test_ids(plan, outer))
     trainable = tune.with_resources(
         tune.with_parameters(

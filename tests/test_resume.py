@@ -41,7 +41,7 @@ def search_env(gesture_shards, ray_session, tmp_path_factory):
     space = base / "space.json"
     space.write_text(json.dumps(SPACE))
     args = ["gesture", "--smoke", "--shards", gesture_shards, "--folds", "1", "--samples", "3"]
-    args += ["--max-concurrent", "1", "--quiet", "--space", str(space)]
+    args += ["--epochs", "2", "--max-concurrent", "1", "--quiet", "--space", str(space)]
     env = {
         **os.environ,
         "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
