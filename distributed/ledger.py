@@ -111,7 +111,7 @@ class Ledger:
         self.save()
 
     def record_end(self, entry: dict, n_inner: int, error: str | None = None) -> None:
-        if entry["end"] and not error:
+        if entry["end"]:  # ended with its last result already (stopped by the scheduler)
             return
         entry["end"] = self._end(entry, n_inner, error)
         self.save()
