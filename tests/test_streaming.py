@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -99,15 +100,20 @@ def _gesture_fold(root):
 
 
 def _epoch_rows(ds, cfg, epoch, forbidden=frozenset()):
-    """{id: (label, checksum of its joints)} of one pass as a training worker reads it."""
+    """[(id, label, checksum of its joints)] of one pass as a training worker reads it."""
+    import torch
+
     fn = make_collate(cfg, True, epoch, forbidden).fn
-    ids: list[str] = []
+    names: list[str] = []  # row id of each index
+    lock = threading.Lock()  # collates may run on several threads
 
     def collate(batch):
         out = fn(batch)
-        ids.extend(str(i) for i in batch["id"])
-        sums = out["joints"].double().sum(dim=(1, 2, 3))
-        return {"y": out["y"], "sum": sums}
+        with lock:
+            start = len(names)
+            names.extend(str(i) for i in batch["id"])
+        idx = torch.arange(start, start + len(batch["id"]))
+        return {"i": idx, "y": out["y"], "sum": out["joints"].double().sum(dim=(1, 2, 3))}
 
     seen = []
     for b in ds.iter_torch_batches(
@@ -117,9 +123,9 @@ def _epoch_rows(ds, cfg, epoch, forbidden=frozenset()):
         local_shuffle_buffer_size=4 * cfg.batch_size,
         local_shuffle_seed=cfg.seed * 100003 + epoch,
     ):
-        seen += list(zip(b["y"].tolist(), b["sum"].tolist()))
-    assert len(seen) == len(ids)
-    return sorted(zip(ids, seen))
+        seen += list(zip(b["i"].tolist(), b["y"].tolist(), b["sum"].tolist()))
+    assert len(seen) == len(names)
+    return sorted((names[i], y, s) for i, y, s in seen)
 
 
 def test_streamed_fold_gives_the_rows_of_the_materialised_one(gesture_shards, ray_session):
@@ -137,7 +143,7 @@ def test_streamed_fold_gives_the_rows_of_the_materialised_one(gesture_shards, ra
         a = _epoch_rows(streamed.datasets["train0"], cfg, epoch)
         b = _epoch_rows(held.datasets["train0"], cfg, epoch)
         assert a == b
-        assert sorted(i for i, _ in a) == sorted(split.train)  # every row once, no other row
+        assert [r[0] for r in a] == sorted(split.train)  # every row once, no other row
     # the forbidden-id guard still fires on a streamed fold
     one = frozenset([sorted(split.train)[3]])
     with pytest.raises(Exception, match=sorted(one)[0]):
