@@ -127,15 +127,18 @@ def ray_pass(ds, cfg: FeedBench, epoch: int, shuffle: bool = True):
     )
 
 
-def consume(batches, row_bytes: int) -> tuple[float, int, int]:
-    """(seconds, rows, checksum of the sampled clips' labels and pixels) of one pass."""
+def consume(batches, row_bytes: int) -> tuple[float, int, int, float]:
+    """(seconds, rows, checksum of the sampled clips' labels and pixels, seconds to the first
+    batch) of one pass."""
     t0 = time.perf_counter()
     rows = check = 0
+    first = None
     for b in batches:
+        first = time.perf_counter() - t0 if first is None else first
         x = b["x"]
         rows += x.shape[0]
         check += int(b["y"].sum()) + int(x.reshape(-1)[::997].sum())
-    return time.perf_counter() - t0, rows, check
+    return time.perf_counter() - t0, rows, check, first or 0.0
 
 
 def streamed_dataset(root: str, ids: list[str]):
@@ -174,7 +177,13 @@ def feed_benchmark(root: Path, ids: list[str], cfg: FeedBench) -> tuple[list[tup
     }
     base = next(iter(speeds.values()))
     rows = [
-        (k, f"{v:.0f}", f"{100 * v / base:.0f}%", " ".join(f"{p[0]:.2f}s" for p in passes[k]))
+        (
+            k,
+            f"{v:.0f}",
+            f"{100 * v / base:.0f}%",
+            " ".join(f"{p[0]:.2f}s" for p in passes[k]),
+            f"{_util.median([p[3] for p in passes[k]]):.2f}",
+        )
         for k, v in speeds.items()
     ]
     return rows, {"speeds": speeds, "plan_s": plan_s, "mb": len(ids) * row_bytes / MB}
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\n(a) one epoch over {len(ids)} clips, {info['mb']:.0f} MB of frames, batch "
             f"{cfg.batch}, 2 Ray CPUs, budget 0 (streamed) ({_util.machine_load()})"
         )
-        print_table(rows, ("reader", "MB/s (median)", "of plain", "passes"))
+        print_table(rows, ("reader", "MB/s (median)", "of plain", "passes", "s to 1st batch"))
         s = list(info["speeds"].values())
         summary.append(("(a) streamed training feed / plain pyarrow", f"{s[1] / s[0]:.0%}",
                         ">= 80%", s[1] / s[0] >= 0.8))  # fmt: skip
@@ -304,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             write_set(big, cfg, copies=cfg.scale)
             one = epoch_memory(root, cfg, scratch)
             four = epoch_memory(big, cfg, scratch)
-            print(
-                f"\n(b) peak memory of one streamed epoch, process tree ({_util.machine_load()})"
-            )
+            print(f"\n(b) peak memory of one streamed epoch, process tree ({_util.machine_load()})")
             table = []
             for label, r in (
                 (f"1x = {cfg.clips}", one),
