@@ -251,6 +251,7 @@ def step_need() -> list[tuple]:
         "bench_models", Path(__file__).with_name("models.py")
     )
     bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_models"] = bench  # dataclasses look their module up while it loads
     spec.loader.exec_module(bench)
     Case, measure = bench.Case, bench.measure
 
