@@ -71,13 +71,19 @@ def _read_parts(parts: list, columns: list[str], ids: list[str]):
             yield table
 
 
+def shard_row_groups(root: str, columns: list[str]) -> list:
+    """Every row group of a shard folder (one footer read per file)."""
+    return [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
+
+
 class FoldDatasource(Datasource):
     """The rows of a fold, read from the planned row groups of each shard file only."""
 
-    def __init__(self, root: str, columns: list[str], ids: list[str]):
+    def __init__(self, root: str, columns: list[str], ids: list[str], groups=None):
+        """``groups``: the folder's row groups (:func:`shard_row_groups`) if already read."""
         super().__init__()
         self.columns, self.ids = list(columns), sorted(set(ids))
-        groups = [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
+        groups = shard_row_groups(root, columns) if groups is None else groups
         self.plan = shards.fold_plan(groups, self.ids)
         self.total_bytes = sum(g.nbytes for g in groups)
 

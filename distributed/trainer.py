@@ -112,7 +112,7 @@ def prepare_datasets(
     import ray
     from ray.data import DataContext
 
-    from distributed.data import DATA_CPUS, FoldDatasource
+    from distributed.data import DATA_CPUS, FoldDatasource, shard_row_groups
 
     budget = materialize_budget() if materialize_bytes is None else materialize_bytes
 
@@ -127,11 +127,12 @@ def prepare_datasets(
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
     columns = list(get_branch(manifest.kind).columns)
+    groups = shard_row_groups(root, columns)  # footers read once for every fold
 
     def dataset(ids):
         if not ids:
             raise ValueError(f"{root}: empty fold")
-        source = FoldDatasource(root, columns, list(ids))
+        source = FoldDatasource(root, columns, list(ids), groups)
         ds = ray.data.read_datasource(source, num_cpus=DATA_CPUS)
         # Small folds are read once into the object store: re-running a streaming read every
         # epoch costs seconds of fixed overhead, more than a small epoch's training.
