@@ -27,8 +27,10 @@ def _free_port() -> int:
 # session's Ray instance starts, because Ray's workers inherit the environment the instance was
 # started with; and they are set for every test, so that no test can ever reach a real bucket
 # with a developer's own credentials.
-S3_PORT = _free_port()
-S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+# (Test modules import this file again as ``tests.conftest``: keep the first choice.)
+S3_ENDPOINT = os.environ.get("EMOVIS_TEST_S3_ENDPOINT") or f"http://127.0.0.1:{_free_port()}"
+S3_PORT = int(S3_ENDPOINT.rsplit(":", 1)[1])
+os.environ["EMOVIS_TEST_S3_ENDPOINT"] = S3_ENDPOINT
 for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN"):
     os.environ.pop(_key, None)
 os.environ.update(
