@@ -16,7 +16,7 @@ import pytest
 from datasets import shards, storage
 from datasets.manifest import read_manifest, read_protocol
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(600)  # a shared 2-core machine under load: generous
 
 
 def _keys(uri: str) -> dict[str, tuple[int, object]]:
@@ -119,6 +119,7 @@ def test_train_evaluate_and_predict_through_a_bucket(s3_gesture, gesture_shards,
 TUNE_STATE = ("experiment_state", "search_gen_state", "searcher-state", "tuner.pkl", ".validate")
 
 
+@pytest.mark.timeout(1200)  # two searches (~3.5 min on an idle machine), 10+ min at load 80
 def test_tune_in_a_bucket_resumes_without_rerunning_a_finished_outer_fold(
     s3_gesture, bucket, tmp_path, monkeypatch
 ):
