@@ -70,7 +70,7 @@ def explain(err: BaseException) -> str:
         return (
             f"cannot reach the object store at {_endpoint()} ({text.split('Details:')[-1].strip()})"
         )
-    if "not found" in low and "bucket" in low or "no_such_bucket" in low or "nosuchbucket" in low:
+    if ("not found" in low and "bucket" in low) or "no_such_bucket" in low or "nosuchbucket" in low:
         return "the bucket does not exist (create it first, e.g. `aws s3 mb s3://BUCKET`)"
     if any(
         k in low
