@@ -168,6 +168,8 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             f"{plan.samples}; resume with --samples {len(finished)} or more"
         )
     to_run = plan.samples - len(finished)
+    if to_run == 0 and storage.exists(storage.join(root, f"outer{outer}", "final.json")):
+        return ledger  # this outer fold is done: nothing is rebuilt or rewritten
     if finished:
         print(
             f"outer fold {outer}: resuming from {ledger.path}: {len(finished)} trial(s) "
