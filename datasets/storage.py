@@ -138,7 +138,7 @@ def exists(path: str) -> bool:
 
 def makedirs(path: str) -> None:
     fs, inner = resolve(path)
-    _remote_call(path, fs, fs.create_dir, inner, True)
+    _remote_call(path, fs, lambda: fs.create_dir(inner, recursive=True))
 
 
 def list_files(root: str) -> list[str]:
