@@ -21,6 +21,7 @@ from ray.tune import Callback
 from datasets import storage
 from datasets.manifest import Manifest
 from datasets.protocols import Protocol
+from distributed import search_events
 from distributed.checkpoint import TrainedOn
 from distributed.cli import UsageError
 from distributed.config import TrainConfig
@@ -54,7 +55,8 @@ class SearchPlan:
     resources: Resources
     concurrency: int
     resume: bool = False
-    verbose: int = 1
+    verbose: int = 0  # Tune's own console output (0: none; our lines come from search_events)
+    mlflow: str | None = None  # an MLflow tracking URI: every trial becomes an MLflow run
 
 
 def inner_specs(plan: SearchPlan, outer: int) -> list[FoldSpec]:
@@ -106,7 +108,6 @@ def trial_driver(
 
     ``data`` holds the inner folds' datasets, read once by the driver for all trials."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = TrainConfig.from_dict(base).override(where="trial", **config)
     trial_id = tune.get_context().get_trial_id()
@@ -117,7 +118,7 @@ def trial_driver(
         storage_path=train_storage,
         name=f"outer{outer}-{trial_id}",
         write_model=False,
-        callbacks=[TuneReportCallback()],
+        tune_report=True,
     )
 
 
@@ -172,17 +173,18 @@ def search_outer_fold(plan: SearchPlan, outer: int):
             train_storage=storage.join(root, "train"),
             data=data,
         ),
-        {"CPU": DRIVER_CPU},
+        # in local mode the trial's own process trains: it holds the worker's CPUs
+        plan.resources.per_worker() if plan.resources.local else {"CPU": DRIVER_CPU},
     )
     exp_path = storage.join(root, f"outer{outer}")
     asha_path = storage.join(root, f"asha-outer{outer}.pkl")
     if plan.resume and tune.Tuner.can_restore(exp_path):
-        print(f"outer fold {outer}: resuming the search in {exp_path}")
         tuner = tune.Tuner.restore(
             exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
         # Tune restores the searcher but not the scheduler: put ASHA's rungs back, or trials
         # finished before the interruption would no longer count when cutting new ones.
+        search_events.refresh_run_config(tuner, plan, outer)
         if storage.exists(asha_path):
             scheduler = tuner._local_tuner._tune_config.scheduler
             saved = pickle.loads(storage.read_bytes(asha_path))
@@ -213,7 +215,7 @@ def search_outer_fold(plan: SearchPlan, outer: int):
                 name=f"outer{outer}",
                 storage_path=root,
                 verbose=plan.verbose,
-                callbacks=[SchedulerSaver(asha, asha_path)],
+                callbacks=[SchedulerSaver(asha, asha_path), *search_events.callbacks(plan, outer)],
             ),
         )
     return tuner.fit()
@@ -288,8 +290,14 @@ def run_search(plan: SearchPlan) -> str:
 
     t0 = time.time()
     all_rows, finals = [], []
-    for outer in plan.outers:
+    n_inner0 = len(plan.protocol.fold(plan.outers[0]).inner) if plan.outers else 0
+    search_events.start(len(plan.outers), plan.samples, n_inner0)
+    for i, outer in enumerate(plan.outers):
         n_inner = len(plan.protocol.fold(outer).inner)
+        pos = f"{i + 1}/{len(plan.outers)}"
+        exp_path = storage.join(plan.root, f"outer{outer}")
+        resumed = plan.resume and storage.exists(exp_path)
+        search_events.outer_started(pos, outer, plan.samples, resumed)
         grid = search_outer_fold(plan, outer)
         rows = trial_rows(grid, outer, n_inner, plan.space)
         best = best_of(rows)
@@ -300,15 +308,13 @@ def run_search(plan: SearchPlan) -> str:
             else plan.base.epochs
         )
         cfg = plan.base.override(where="best trial", **params, epochs=max(1, epochs))
+        search_events.final_started(pos, cfg.epochs, params)
         summary = final_fold(plan, cfg, outer)
         summary["params"], summary["trial_id"] = params, best["trial_id"]
         summary["cv_metric"] = best[METRIC]
         all_rows += rows
         finals.append(summary)
-        print(
-            f"outer fold {outer}: WAR {summary['war']:.3f} UAR {summary['uar']:.3f} "
-            f"(best inner {plan.base.select_metric.upper()} {best[METRIC]:.3f}, params {params})"
-        )
+        search_events.outer_finished(pos, summary, plan.base.select_metric.upper(), best[METRIC])
     return write_results(
         plan.root,
         shards=plan.shards,
