@@ -13,8 +13,17 @@ leaves out three things the worker-group path does for us, which this module sup
   checkpoint under ``STORAGE/NAME`` is returned instead, so a re-run of the same fit (a restored
   Tune trial, ``distributed.train`` again with the same ``--out``/``--name``) continues where it
   stopped, as a worker group restores from its checkpoint-manager snapshot;
-- **Tune**: run-config callbacks (``TuneReportCallback``) are never called; inside a Tune trial
-  each report also goes to ``ray.tune.report`` with the same metrics and ``checkpoint_path``.
+- **Tune**: inside a Tune trial Ray 2.60 refuses ``ray.train.get_context``, ``get_checkpoint``
+  and ``report`` ("deprecated when running in a function passed to Ray Tune"), also in local
+  mode and also where Ray itself calls them (``prepare_model``); and run-config callbacks
+  (``TuneReportCallback``) are never called. :func:`tune_session_set_aside` therefore tells
+  Ray's check that the thread running a local fit is not in a Tune session (the loop then uses
+  the plain ``ray.train`` calls, as on a worker group; the trial's session stays in place for
+  Tune's own thread), and :func:`report` passes each report on to the trial's session with the
+  metrics and ``checkpoint_path`` that ``TuneReportCallback`` would send. It replaces one
+  internal of Ray (``ray.tune.trainable.trainable_fn_utils._in_tune_session``, looked up at
+  each call by Ray's check) by a thread-aware wrapper: pinned by ``ray==2.60.*`` and covered by
+  the tests that run searches.
 
 There are no Train-level retries in local mode (``FailureConfig`` is not used): a crash ends the
 fit and a re-run resumes from the last checkpoint. Multi-worker DDP stays on the worker group.
@@ -22,7 +31,10 @@ fit and a re-run resumes from the last checkpoint. Multi-worker DDP stays on the
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
+import threading
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
@@ -60,6 +72,40 @@ def _checkpoint(fs, path: str):
     from ray.train import Checkpoint
 
     return Checkpoint(path, filesystem=fs)
+
+
+_aside = threading.local()  # .on: this thread runs a local fit inside a Tune trial
+
+
+def _install_check() -> None:
+    from ray.tune.trainable import trainable_fn_utils as fn_utils
+
+    original = fn_utils._in_tune_session
+    if getattr(original, "_emovis", False):
+        return
+
+    def in_tune_session() -> bool:
+        return False if getattr(_aside, "on", False) else original()
+
+    in_tune_session._emovis = True
+    fn_utils._in_tune_session = in_tune_session
+
+
+@contextlib.contextmanager
+def tune_session_set_aside() -> Iterator[None]:
+    """Inside a Tune trial: this thread's local-mode fit is not "in Tune" (see module doc)."""
+    _install_check()
+    _aside.on = True
+    try:
+        yield
+    finally:
+        _aside.on = False
+
+
+def _report_to_tune(metrics: dict) -> None:
+    from ray.train._internal.session import get_session
+
+    get_session().report(metrics)
 
 
 def get_checkpoint(config: dict):
@@ -109,7 +155,5 @@ def report(config: dict, metrics: dict, directory: str | None) -> None:
     checkpoint = persist(directory, local["dir"]) if directory else None
     ray.train.report(metrics, checkpoint=checkpoint)
     if local.get("tune"):
-        from ray import tune
-
         extra = {"checkpoint_path": checkpoint.path} if checkpoint is not None else {}
-        tune.report({**metrics, **extra})
+        _report_to_tune({**metrics, **extra})

@@ -213,7 +213,11 @@ def fit_folds(
             callbacks=callbacks or None,
         ),
     )
-    result = trainer.fit()
+    if resources.local and tune_report:
+        with local_mode.tune_session_set_aside():
+            result = trainer.fit()
+    else:
+        result = trainer.fit()
     return Fit(result, _history(result))
 
 

@@ -168,7 +168,7 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         mlflow=args.mlflow,
     )
     text = run_search(plan)
-    result = next((ln.strip("* ") for ln in text.splitlines() if ln.startswith("**WAR")), "")
+    result = next((ln.replace("**", "") for ln in text.splitlines() if ln.startswith("**WAR")), "")
     console.emit(f"result: {result}")
     console.emit(f"report: {storage.join(root, 'results', 'report.md')}")
     return text
