@@ -94,6 +94,10 @@ def tune(args: TuneArgs) -> str:
     if not args.resume and storage.exists(storage.join(root, "outer0")):
         raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
     storage.ensure_writable_dir(root, "--storage folder")
+    if args.mlflow and args.mlflow.startswith("file:"):
+        # MLflow 3 keeps its file store (what `mlflow ui --backend-store-uri file:...` reads) in
+        # maintenance mode and refuses it unless this is set; a file: URI asks for it plainly.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     log_dir, note = log_dir_of(root, name)
     with console.capture(log_dir, "tune", verbose=args.verbose) as con:
         if con.log_path:
