@@ -94,6 +94,13 @@ def tune(args: TuneArgs) -> str:
     if not args.resume and storage.exists(storage.join(root, "outer0")):
         raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
     storage.ensure_writable_dir(root, "--storage folder")
+    if args.mlflow:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise cli.UsageError(
+                "--mlflow needs MLflow: pip install mlflow-skinny (or .[mlflow])"
+            ) from None
     if args.mlflow and args.mlflow.startswith("file:"):
         # MLflow 3 keeps its file store (what `mlflow ui --backend-store-uri file:...` reads) in
         # maintenance mode and refuses it unless this is set; a file: URI asks for it plainly.
