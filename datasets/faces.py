@@ -6,7 +6,10 @@ the optional alternative when MediaPipe is installed (``make pose``). ``track_fa
 every ``every``-th frame (and the last), keeps the largest face first and then the face nearest
 the previous one, median-smooths the detected boxes over time, interpolates the frames in between
 linearly and holds the first/last detection at the ends. ``crop_faces`` cuts a square around each
-box with a margin; parts outside the image are filled with black (no invented content).
+box with a margin; parts outside the image are filled with black (no invented content). With a
+detector that also gives eye landmarks (MediaPipe's), ``face_track(..., align=True)`` levels each
+crop on the eye line (in-plane roll only: the usual similarity alignment of face pipelines,
+without changing the crop's scale, which the box already sets).
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ class MediaPipeFaceDetector:
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         """(m, 4) int boxes (x, y, w, h) of the faces in a (H, W) uint8 grey image."""
+        return self.detect_eyes(gray)[0]
+
+    def detect_eyes(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes as ``detect`` and, per box, the eye centres (m, 4) float pixels: the person's
+        right eye (x, y) then left eye (x, y) -- BlazeFace's first two keypoints."""
         if self._graph is None:
             from mediapipe.python.solutions import face_detection
 
@@ -137,14 +145,19 @@ class MediaPipeFaceDetector:
         height, width = gray.shape[:2]
         rgb = np.ascontiguousarray(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))  # (H, W, 3)
         found = self._graph.process(rgb).detections or []
-        boxes = []
+        boxes, eyes = [], []
         for det in found:
             rel = det.location_data.relative_bounding_box
             x, y = round(rel.xmin * width), round(rel.ymin * height)
             w, h = round(rel.width * width), round(rel.height * height)
             if w >= 1 and h >= 1:
                 boxes.append((x, y, w, h))
-        return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+                right, left = det.location_data.relative_keypoints[:2]
+                eyes.append((right.x * width, right.y * height, left.x * width, left.y * height))
+        return (
+            np.asarray(boxes, dtype=np.int64).reshape(-1, 4),
+            np.asarray(eyes, dtype=np.float64).reshape(-1, 4),
+        )
 
 
 class NoDetector:
@@ -190,13 +203,13 @@ def detection_frames(n: int, every: int) -> np.ndarray:
     return np.unique(np.r_[np.arange(0, n, every), n - 1]).astype(np.int64)
 
 
-def _pick(boxes: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-    """The largest box, or the box whose centre is nearest the previous box's centre."""
+def _pick(boxes: np.ndarray, previous: np.ndarray | None) -> int:
+    """Index of the largest box, or of the box whose centre is nearest the previous box's."""
     if previous is None:
-        return boxes[np.argmax(boxes[:, 2] * boxes[:, 3])]
+        return int(np.argmax(boxes[:, 2] * boxes[:, 3]))
     centres = boxes[:, :2] + boxes[:, 2:] / 2.0  # (m, 2)
     target = previous[:2] + previous[2:] / 2.0  # (2,)
-    return boxes[np.argmin(((centres - target) ** 2).sum(axis=1))]
+    return int(np.argmin(((centres - target) ** 2).sum(axis=1)))
 
 
 def moving_median(values: np.ndarray, window: int) -> np.ndarray:
@@ -225,33 +238,81 @@ def track_faces(
     interpolated linearly in between and held before the first / after the last detection. When
     no frame has a face, every box is the centre square and ``detected`` is all False.
     """
+    boxes, detected, _ = _track(frames, detector, every, smooth, roll=False)
+    return boxes, detected
+
+
+def track_faces_and_roll(
+    frames: np.ndarray, detector, every: int = 5, smooth: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``track_faces`` plus the head's roll per frame (n,) in degrees: the angle of the line
+    from the person's right eye to their left eye against the image's horizontal (positive when
+    the left eye, on the image's right, is lower), smoothed and interpolated like the boxes.
+    ``detector`` must have ``detect_eyes`` (MediaPipe's has; Haar's cascade finds no eyes)."""
+    if not hasattr(detector, "detect_eyes"):
+        raise ValueError(
+            f"face alignment needs eye landmarks, which the {detector.name!r} detector does not "
+            "give; use --detector mediapipe"
+        )
+    return _track(frames, detector, every, smooth, roll=True)
+
+
+def _track(frames, detector, every: int, smooth: int, roll: bool):
     n, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
     detected = np.zeros(n, dtype=bool)
     keys: list[int] = []
     chosen: list[np.ndarray] = []
+    angles: list[float] = []
     previous = None
     for i in detection_frames(n, every):
-        found = np.asarray(detector.detect(_to_gray(frames[i]))).reshape(-1, 4)
+        gray = _to_gray(frames[i])
+        if roll:
+            found, eyes = detector.detect_eyes(gray)
+        else:
+            found = detector.detect(gray)
+        found = np.asarray(found).reshape(-1, 4)
         if len(found) == 0:
             continue
-        previous = _pick(found.astype(np.float64), previous)
+        k = _pick(found.astype(np.float64), previous)
+        previous = found[k].astype(np.float64)
         detected[i] = True
         keys.append(int(i))
         chosen.append(previous)
+        if roll:
+            rx, ry, lx, ly = eyes[k]
+            angles.append(float(np.arctan2(ly - ry, lx - rx)))
     if not keys:
-        return np.tile(centre_box(height, width), (n, 1)), detected  # (n, 4)
+        return np.tile(centre_box(height, width), (n, 1)), detected, np.zeros(n)  # (n, 4)
     smoothed = moving_median(np.stack(chosen), smooth)  # (d, 4)
     t = np.arange(n)
     boxes = np.stack([np.interp(t, keys, smoothed[:, c]) for c in range(4)], axis=1)  # (n, 4)
-    return boxes, detected
+    rolls = np.zeros(n)
+    if roll:  # unwrap so that a head near ±180° does not average to 0
+        a = moving_median(np.unwrap(np.asarray(angles))[:, None], smooth)[:, 0]  # (d,)
+        rolls = np.degrees(np.interp(t, keys, a))
+    return boxes, detected, rolls
 
 
-def crop_square(frame: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
-    """Square (s, s, 3) crop centred on ``box``, side max(w, h)·(1 + 2·margin); black outside."""
+def _square(box: np.ndarray, margin: float) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square crop around ``box`` (see ``crop_square``)."""
     x, y, w, h = (float(v) for v in box)
     side = max(int(round(max(w, h) * (1.0 + 2.0 * margin))), 1)
-    x0 = int(round(x + w / 2.0 - side / 2.0))
-    y0 = int(round(y + h / 2.0 - side / 2.0))
+    return int(round(x + w / 2.0 - side / 2.0)), int(round(y + h / 2.0 - side / 2.0)), side
+
+
+def crop_square(frame: np.ndarray, box: np.ndarray, margin: float, roll: float = 0.0) -> np.ndarray:
+    """Square (s, s, 3) crop centred on ``box``, side max(w, h)·(1 + 2·margin); black outside.
+
+    ``roll`` (degrees, see ``track_faces_and_roll``) turns the crop about its centre by that
+    angle, so that a face whose eye line is tilted by ``roll`` comes out level (bilinear)."""
+    x0, y0, side = _square(box, margin)
+    if roll:
+        centre = (x0 + (side - 1) / 2.0, y0 + (side - 1) / 2.0)  # pixel centres are integers
+        m = cv2.getRotationMatrix2D(centre, float(roll), 1.0)  # (2, 3) frame -> levelled frame
+        m[:, 2] -= (x0, y0)  # ... -> crop coordinates
+        return cv2.warpAffine(
+            frame, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
     out = np.zeros((side, side) + frame.shape[2:], dtype=frame.dtype)
     fx0, fy0 = max(x0, 0), max(y0, 0)
     fx1, fy1 = min(x0 + side, frame.shape[1]), min(y0 + side, frame.shape[0])
@@ -267,16 +328,24 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float = 0.2) -> np.ndarray:
+def crop_faces(
+    frames: np.ndarray,
+    boxes: np.ndarray,
+    size: int,
+    margin: float = 0.2,
+    rolls: np.ndarray | None = None,
+) -> np.ndarray:
     """Square face crops (n, size, size, 3) uint8: ``crop_square`` per frame, resized to size².
 
-    ``margin`` is added on every side as a fraction of the box's longer side.
+    ``margin`` is added on every side as a fraction of the box's longer side; ``rolls`` (n,)
+    degrees levels each crop (None: no rotation).
     """
     if len(frames) != len(boxes):
         raise ValueError(f"{len(frames)} frames but {len(boxes)} boxes")
+    rolls = np.zeros(len(frames)) if rolls is None else np.asarray(rolls, dtype=np.float64)
     out = np.empty((len(frames), size, size, 3), dtype=np.uint8)  # (n, S, S, 3)
     for i, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
-        out[i] = _resize(crop_square(frame, box, margin), size)
+        out[i] = _resize(crop_square(frame, box, margin, rolls[i]), size)
     return out
 
 
@@ -287,15 +356,20 @@ def face_track(
     every: int = 5,
     margin: float = 0.2,
     smooth: int = 3,
+    align: bool = False,
 ) -> FaceTrack:
     """Track, crop and resize the face of a (n, H, W, 3) uint8 video to a ``FaceTrack``.
 
     face_fraction = detections / frames the detector ran on. With no face anywhere the largest
-    centred square (no margin) is used for every frame and ``centre_cropped`` is True.
+    centred square (no margin) is used for every frame and ``centre_cropped`` is True. ``align``
+    levels every crop on the eye line (roll only; needs a detector with ``detect_eyes``).
     """
-    boxes, detected = track_faces(frames, detector, every=every, smooth=smooth)
+    if align:
+        boxes, detected, rolls = track_faces_and_roll(frames, detector, every, smooth)
+    else:
+        (boxes, detected), rolls = track_faces(frames, detector, every, smooth), None
     tried = len(detection_frames(len(frames), every))
     if not detected.any():
         return FaceTrack(crop_faces(frames, boxes, size, margin=0.0), 0.0, True)
     fraction = float(detected.sum()) / tried
-    return FaceTrack(crop_faces(frames, boxes, size, margin=margin), fraction, False)
+    return FaceTrack(crop_faces(frames, boxes, size, margin=margin, rolls=rolls), fraction, False)

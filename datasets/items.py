@@ -29,8 +29,14 @@ class FacialOptions:
     every: int = 5
     margin: float = 0.2
     max_frames: int | None = None
+    align: bool = False  # level each crop on the eye line (needs a MediaPipe detector)
 
     def __post_init__(self) -> None:
+        if self.align and not self.detector.startswith("mediapipe"):
+            raise ValueError(
+                f"--align levels faces on their eye landmarks, which the {self.detector!r} "
+                "detector does not find; use --detector mediapipe (or mediapipe-full)"
+            )
         if self.size < 8:
             raise ValueError(f"crop size must be >= 8, got {self.size}")
         if self.every < 1:
@@ -73,7 +79,9 @@ def facial_row(item: SourceItem, label: int, frames: np.ndarray, opts: FacialOpt
     """Face-track already decoded (n, H, W, 3) uint8 RGB frames into a shard row."""
     from datasets.faces import face_track
 
-    track = face_track(frames, detector, opts.size, every=opts.every, margin=opts.margin)
+    track = face_track(
+        frames, detector, opts.size, every=opts.every, margin=opts.margin, align=opts.align
+    )
     return shards.FacialRow(
         id=item.id,
         subject=item.subject,

@@ -19,6 +19,7 @@ import posixpath
 import sys
 from dataclasses import dataclass
 
+from branches import get_branch
 from datasets import storage
 from datasets.manifest import ManifestError, read_manifest, read_protocol
 from datasets.protocols import ProtocolError
@@ -62,9 +63,23 @@ def training_rows(mf, root: str, manifest) -> tuple[set[str] | None, set[str], s
     return set(rows.train), set(rows.val), how
 
 
+def _normalised(kind: str, options: dict) -> dict:
+    """Options with the branch's defaults filled in (files written before an option existed
+    lack its key, and meant its default)."""
+    from dataclasses import asdict
+
+    try:
+        return asdict(get_branch(kind).options_type(**options))
+    except (TypeError, ValueError):
+        return dict(options)
+
+
 def check_preprocessing(mf, manifest, shards: str, checkpoint: str) -> None:
     """The shards must be preprocessed as the checkpoint's training data was."""
-    mine, theirs = dict(mf.data.options), dict(manifest.options)
+    mine, theirs = (
+        _normalised(manifest.kind, mf.data.options),
+        _normalised(manifest.kind, manifest.options),
+    )
     diff = {
         k: (mine.get(k), theirs.get(k))
         for k in sorted(set(mine) | set(theirs))

@@ -50,6 +50,7 @@ class PreprocessArgs:
     detector: str = "haar"
     every: int = 5
     margin: float = 0.2
+    align: bool = False
     max_frames: int | None = None
     pose: str | None = None
     per_shard: int = 8
@@ -371,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--every", type=int, default=5, help="run the detector every N frames")
     p.add_argument("--margin", type=float, default=0.2, help="crop margin around the face box")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="level each face crop on its eye line (needs --detector mediapipe)",
+    )
     p.add_argument("--max-frames", type=int, default=None, help="keep at most N frames per video")
     p.add_argument(
         "--pose",
