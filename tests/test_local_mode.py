@@ -64,3 +64,49 @@ def test_local_fit_equals_the_worker_group_fit_keeps_checkpoints_and_resumes(
     assert kept == ["checkpoint_000002", "checkpoint_000003"]
     assert list(resumed.history["epoch"]) == [0, 1, 2, 0, 1, 2]
     np.testing.assert_array_equal(resumed.history[COLS].to_numpy(), local.history[COLS].to_numpy())
+
+
+def test_train_cli_local_runs_in_this_process_and_refuses_local_with_gpu(
+    gesture_shards, tmp_path, ray_session, capsys
+):
+    """`distributed.train --local` (and `--workers 0`): the loop runs in the calling process
+    (the fit's context is Ray's local one: world size 1, no worker group), one line per epoch,
+    a model file; with --gpu it is refused in one line before any work."""
+    import os
+
+    import ray.train
+
+    from distributed import train, worker
+
+    seen = []
+    real = worker.run_epoch
+
+    def run_epoch(*args, **kwargs):  # runs here, in this process, if and only if local mode
+        seen.append((os.getpid(), ray.train.get_context().get_world_size()))
+        return real(*args, **kwargs)
+
+    argv = ["gesture", "--shards", gesture_shards, "--fold", "0", "--inner", "1", "--smoke",
+            "--epochs", "2", "--out", str(tmp_path)]  # fmt: skip
+    threads = torch.get_num_threads()
+    worker.run_epoch = run_epoch
+    try:
+        assert train.main(argv + ["--local"]) == 0
+    finally:
+        worker.run_epoch = real
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert seen and set(seen) == {(os.getpid(), 1)}
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    assert [line.split()[0] for line in lines[header + 1 : header + 3]] == ["0", "1"]
+    run = tmp_path / "gesture-fold0-inner1"
+    assert f"model: {run / 'model.pt'}" in out
+    assert load_model(str(run / "model.pt")).trained_on.inner == 1
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == [
+        "checkpoint_000000",
+        "checkpoint_000001",
+    ]
+    assert train.main(argv + ["--workers", "0", "--gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --local (or --workers 0) runs on the CPU")
+    assert err.count("\n") == 1
