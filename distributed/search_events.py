@@ -11,6 +11,7 @@ lives at module level: Tune pickles its callbacks with the experiment and restor
 from __future__ import annotations
 
 import math
+import time
 
 from ray.tune import Callback
 
@@ -23,9 +24,15 @@ class _Progress:
     def __init__(self) -> None:
         self.total = 0.0
         self.done = 0.0
+        self.t0 = time.time()
 
     def line(self) -> str:
-        return console.eta(console.current().elapsed(), self.done, self.total)
+        """Elapsed since the command started; time left from the search's own pace so far."""
+        elapsed = console.current().elapsed()
+        if self.done <= 0 or self.total <= 0:
+            return f"elapsed {console.clock(elapsed)}"
+        left = (time.time() - self.t0) / self.done * max(self.total - self.done, 0.0)
+        return f"elapsed {console.clock(elapsed)}, ~{console.clock(left)} left"
 
 
 _progress = _Progress()
@@ -35,6 +42,7 @@ def start(n_outer: int, samples: int, n_inner: int) -> None:
     """The budget of a search: every trial on every inner fold, then one retrain per outer."""
     _progress.total = n_outer * (samples * n_inner + FINAL_UNITS)
     _progress.done = 0.0
+    _progress.t0 = time.time()
 
 
 def _fmt(value) -> str:
