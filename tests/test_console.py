@@ -82,7 +82,7 @@ def _events(path: Path):
 
 
 @pytest.mark.timeout(900)
-def test_local_trials_report_every_epoch_to_tune_tensorboard_and_mlflow(smoke_search):
+def test_local_trials_report_every_epoch_to_tune_tensorboard_and_mlflow(smoke_search, monkeypatch):
     proc, root, mlruns = smoke_search
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = sorted((root / "outer0").glob("trial_driver_*"))
@@ -109,6 +109,8 @@ def test_local_trials_report_every_epoch_to_tune_tensorboard_and_mlflow(smoke_se
         assert uar == pytest.approx([r["val_uar"] for r in results])
     # MLflow (file: URI): one run per trial with the metrics of its last epoch
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as tune sets it for a file: URI
 
     client = MlflowClient(tracking_uri=mlruns.as_uri())
     (exp,) = [e for e in client.search_experiments() if e.name == "c-outer0"]
