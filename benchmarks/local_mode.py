@@ -61,7 +61,7 @@ def main() -> None:
                   f"rest {wall - inside:5.1f} s", flush=True)  # fmt: skip
     for label in ("worker group", "local mode"):
         w = [x[1] for x in rows if x[0] == label]
-        print(f"{label}: median wall {sorted(w)[len(w) // 2]:.1f} s over {len(w)} fits")
+        print(f"{label}: wall {min(w):.1f}-{max(w):.1f} s over {len(w)} fits")
     print("load average after:", os.getloadavg())
 
 
