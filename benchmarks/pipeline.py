@@ -1,7 +1,10 @@
-"""Data-pipeline benchmark (issue 4): four ratios, each measured side by side in one run.
+"""Preprocessing benchmark (issues 4, 15): ratios, each measured side by side in one run.
+
+The training feed (Ray Data vs plain pyarrow) is ``benchmarks/feed.py``.
 
     .venv/bin/python benchmarks/pipeline.py          # N = 8 videos, 10N = 80, 16 frames, S = 224
     .venv/bin/python benchmarks/pipeline.py --quick  # 8-frame videos, 3 Ray jobs instead of 4
+    .venv/bin/python benchmarks/pipeline.py --scale 40  # 4x the videos (less start-up share)
 
 (a) Preprocessing speed-up, 2 Ray CPUs vs 1 (target >= 1.7x): ``python -m distributed.preprocess
     facial`` run twice on the same synthetic source (10N MJPEG videos: decode, Haar detection,
@@ -16,12 +19,10 @@
     workers, dashboard and agents). Reported: the peak of the sum of the processes' RSS (shared
     pages counted once per process, so it overstates) and the peak of the sum of their PSS
     (shared pages divided among their users).
-(c) One pass of Ray Data ``iter_torch_batches`` over the shards vs a plain pyarrow read of the same
-    files (target >= 80%): the 10N shards rewritten into files of 16 rows; every reader yields
-    the same (B, T, S, S, 3) uint8 torch batches (the checksum proves it). Ray rows: streaming
-    ``read_parquet`` with an Arrow collate (the same decode as the pyarrow reader), streaming with
-    a numpy collate (the path ``FacialCollate`` takes), and the dataset ``materialize()``d first
-    (what training does with folds under 2 GiB). Throughput = frame bytes delivered / pass time.
+(c) The same 10N videos through a plain single-process loop (no Ray): the branch's per-item
+    function and the same Parquet writes, OpenCV with its default thread pool (every core); the
+    2-CPU Ray job's videos/s against it (target: within 15%). Each Ray task sets OpenCV's
+    threads to the CPUs it holds (``distributed.common.set_opencv_threads``).
 (d) Stored bytes per frame vs the reference's float32 frames (S*S*3*4 bytes): the Parquet files'
     total size (zstd) / the frames they hold, at the same S.
 
@@ -36,7 +37,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,17 +46,11 @@ import _util  # noqa: E402
 _util.ensure_repo_on_path()
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-from ray.data.collate_fn import ArrowBatchCollateFn, NumpyBatchCollateFn  # noqa: E402
 
 from datasets import shards  # noqa: E402
 from distributed.common import print_table  # noqa: E402
 
 MARKER = "BENCH_RESULT "
-READ_COLUMNS = ["label", "n_frames", "size", "frames"]
-MB = 1e6
 
 
 @dataclass(frozen=True)
@@ -68,17 +63,13 @@ class PipelineBench:
     n_frames: int = 16
     size: int = 224
     per_shard: int = 4
-    read_copies: int = 2  # the read set holds read_copies * 10N rows
-    read_rows_per_file: int = 16
-    read_batch: int = 8
-    read_repeats: int = 3
     job_repeats: int = 2  # (a): jobs per Ray instance, the fastest counts
 
 
 FULL = PipelineBench()
 # Quick: shorter videos, and the 10N memory run is the 2-CPU run of (a) (sampled while it runs;
 # the sampler costs a few % of a core, so the full run keeps the two apart).
-QUICK = PipelineBench(n_frames=8, read_copies=1, read_repeats=2, job_repeats=1)
+QUICK = PipelineBench(n_frames=8, job_repeats=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,121 +164,49 @@ def run_preprocess(
 
 
 # ---------------------------------------------------------------------------------------------
-# Readers: every one yields {"x": (B, T, S, S, 3) uint8, "y": (B,) int64}
+# The plain loop: no Ray, OpenCV's own thread pool
 
 
-def _arrow_frames(table) -> list[np.ndarray]:
-    """Zero-copy (T, S, S, 3) views of a pyarrow table's/record batch's ``frames`` column."""
-    col = table.column("frames")
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    ns, ss = table.column("n_frames").to_numpy(), table.column("size").to_numpy()
-    out = []
-    for chunk in chunks:
-        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset :]  # (len+1,) int64
-        data = np.frombuffer(chunk.buffers()[2], np.uint8)
-        for i in range(len(chunk)):
-            out.append(data[offsets[i] : offsets[i + 1]])
-    return [shards.facial_frames(buf, n, s) for buf, n, s in zip(out, ns, ss)]
+def plain_main(argv: list[str]) -> int:
+    """Subprocess body: every item of the source through the branch's per-item function in this
+    one process, written as the same shards; reports the loop's time."""
+    import cv2
 
+    from branches import get_branch
+    from distributed.preprocess import PreprocessArgs, build_parser, plan_shards, scan
 
-def decode_arrow(table) -> dict[str, torch.Tensor]:
-    x = torch.from_numpy(np.stack(_arrow_frames(table)))  # (B, T, S, S, 3) uint8
-    y = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
-    return {"x": x, "y": y}
-
-
-class ArrowCollate(ArrowBatchCollateFn):
-    """Ray batches as pyarrow tables, decoded exactly as the plain pyarrow reader does."""
-
-    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        return decode_arrow(batch)
-
-
-class NumpyCollate(NumpyBatchCollateFn):
-    """Ray batches as numpy (bytes objects per row), decoded as ``FacialCollate`` does."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        videos = [
-            shards.facial_frames(p, n, s)
-            for p, n, s in zip(batch["frames"], batch["n_frames"], batch["size"])
-        ]
-        x = torch.from_numpy(np.stack(videos))  # (B, T, S, S, 3) uint8
-        return {"x": x, "y": torch.as_tensor(batch["label"].astype(np.int64))}
-
-
-def consume(batches) -> tuple[float, int, int, int]:
-    """(seconds, rows, frame bytes, checksum) of one pass; the checksum samples the same elements
-    of every row, so it depends neither on the row order nor on where batches are cut."""
+    args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
+    branch = get_branch(args.branch)
+    opts = args.options(branch)
+    found = scan(branch, args)
+    classes = sorted({it.label for it in found.items})
+    label_of = {c: i for i, c in enumerate(classes)}
     t0 = time.perf_counter()
-    rows = nbytes = check = 0
-    for b in batches:
-        x = b["x"]
-        rows += x.shape[0]
-        nbytes += x.numel()
-        check += int(x.reshape(x.shape[0], -1)[:, ::4099].sum()) + int(b["y"].sum())
-    return time.perf_counter() - t0, rows, nbytes, check
-
-
-def plain_batches(files: list[str], batch: int):
-    for f in files:
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch, columns=READ_COLUMNS):
-            yield decode_arrow(rb)
-
-
-def build_read_set(src: Path, dest: Path, cfg: PipelineBench) -> list[str]:
-    """The source shards' rows, ``read_copies`` times, rewritten as files of a fixed row count."""
-    table = shards.read_table(str(src))
-    table = pa.concat_tables([table] * cfg.read_copies)
-    n = cfg.read_rows_per_file
-    for i, start in enumerate(range(0, table.num_rows, n)):
-        shards.write_shard(table.slice(start, n), shards.shard_path(str(dest), i))
-    return shards.shard_files(str(dest))
-
-
-def read_benchmark(files: list[str], cfg: PipelineBench) -> tuple[list[tuple], dict]:
-    """Interleaved passes of each reader; rows of (reader, median MB/s, % of plain, passes)."""
-    import ray
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ds = ray.data.read_parquet(files).select_columns(READ_COLUMNS)
-    B = cfg.read_batch
-    readers = {
-        "plain pyarrow iter_batches (baseline)": lambda: plain_batches(files, B),
-        "Ray read_parquet -> iter_torch_batches, Arrow collate": lambda: ds.iter_torch_batches(
-            batch_size=B, collate_fn=ArrowCollate(), prefetch_batches=2
-        ),
-        "Ray read_parquet -> iter_torch_batches, numpy collate": lambda: ds.iter_torch_batches(
-            batch_size=B, collate_fn=NumpyCollate(), prefetch_batches=2
-        ),
-    }
-    consume(readers["plain pyarrow iter_batches (baseline)"]())  # warm the page cache
-    consume(readers["Ray read_parquet -> iter_torch_batches, Arrow collate"]())  # start workers
-    t0 = time.perf_counter()
-    mds = ds.materialize()
-    materialize_s = time.perf_counter() - t0
-    readers["Ray materialized -> iter_torch_batches, numpy collate (training path)"] = lambda: (
-        mds.iter_torch_batches(batch_size=B, collate_fn=NumpyCollate(), prefetch_batches=2)
+    context = branch.worker_context(opts)
+    written = 0
+    for index, group in enumerate(plan_shards(found.items, args.per_shard)):
+        rows = [branch.process_item(it, label_of[it.label], opts, context, []) for it in group]
+        shards.write_shard(branch.table(rows), shards.shard_path(args.out, index))
+        written += len(rows)
+    seconds = time.perf_counter() - t0
+    print(
+        MARKER + json.dumps({"loop_s": seconds, "written": written, "threads": cv2.getNumThreads()})
     )
-    passes: dict[str, list[tuple]] = {k: [] for k in readers}
-    for _ in range(cfg.read_repeats):
-        for name, make in readers.items():
-            passes[name].append(consume(make()))
-    reference = passes["plain pyarrow iter_batches (baseline)"][0][1:]
-    for name, ps in passes.items():
-        if any(p[1:] != reference for p in ps):
-            raise RuntimeError(f"{name} delivered other data: {ps[0][1:]} vs {reference}")
-    speeds = {k: _util.median([p[2] / p[0] / MB for p in ps]) for k, ps in passes.items()}
-    base = speeds["plain pyarrow iter_batches (baseline)"]
-    rows = [
-        (k, f"{v:.0f}", f"{100 * v / base:.0f}%", " ".join(f"{p[0]:.2f}s" for p in passes[k]))
-        for k, v in speeds.items()
-    ]
-    info = {"rows": reference[0], "mb": reference[1] / MB, "materialize_s": materialize_s}
-    info["speeds"] = speeds
-    return rows, info
+    return 0
+
+
+def run_plain(source: Path, out: Path, cfg: PipelineBench, scratch: Path) -> dict:
+    argv = ["facial", "--source", str(source), "--out", str(out), "--size", str(cfg.size)]
+    argv += ["--per-shard", str(cfg.per_shard)]
+    cmd = [sys.executable, os.path.abspath(__file__), "_plain", json.dumps(argv)]
+    log_path = out.with_suffix(".log")
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=scratch,
+                              env=_util.ray_env(scratch))  # fmt: skip
+    lines = [ln for ln in log_path.read_text().splitlines() if ln.startswith(MARKER)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"plain loop failed (exit {proc.returncode}); see {log_path}")
+    return json.loads(lines[-1][len(MARKER) :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_child"]:
         return child_main(float(argv[1]), int(argv[2]), json.loads(argv[3]))
+    if argv[:1] == ["_plain"]:
+        return plain_main(json.loads(argv[1]))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer passes")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--scale", type=int, default=None, help="10N = this many times N")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.scale:
+        cfg = replace(cfg, scale=args.scale)
     print(f"pipeline benchmark {'(quick)' if args.quick else ''}: {cfg}")
     print(f"start: {_util.machine_load()}")
     with _util.scratch_dir(args.keep) as scratch:
@@ -386,24 +310,22 @@ def main(argv: list[str] | None = None) -> int:
             ("layout", "bytes/frame", "x smaller than reference"),
         )
 
-        # (c) Ray Data vs plain pyarrow over the same files, in this process
-        _util.use_private_ray_tmp(scratch)
-        files = build_read_set(scratch / "out-cpu2", scratch / "read-set", cfg)
-        ray = _util.start_ray(2)
-        try:
-            read_rows, info = read_benchmark(files, cfg)
-        finally:
-            ray.shutdown()
+        # (c) the plain single-process loop over the same 10N videos
+        plain = run_plain(large, scratch / "plain", cfg, scratch)
         load_c = _util.machine_load()
-        print(
-            f"\n(c) one pass over {len(files)} files, {info['rows']} rows, "
-            f"{info['mb']:.0f} MB of frames, batch {cfg.read_batch}, 2 Ray CPUs ({load_c})"
+        plain_rate = n10 / plain["loop_s"]
+        ray_rate = n10 / two["job_s"]
+        print(f"\n(c) plain loop, one process, OpenCV threads {plain['threads']} ({load_c})")
+        print_table(
+            [
+                ("plain loop (no Ray)", f"{plain['loop_s']:.1f}", f"{plain_rate:.2f}"),
+                ("Ray job, 1 CPU", f"{one['job_s']:.1f}", f"{n10 / one['job_s']:.2f}"),
+                ("Ray job, 2 CPUs", f"{two['job_s']:.1f}", f"{ray_rate:.2f}"),
+            ],
+            ("run", "s", "videos/s"),
         )
-        print_table(read_rows, ("reader", "MB/s (median)", "of plain", "passes"))
-        print(f"(materialize() took {info['materialize_s']:.2f} s, once per fit)")
+        vs_plain = ray_rate / plain_rate
 
-    s = info["speeds"]
-    names = list(s)
     print(f"\nsummary ({_util.machine_load()})")
     print_table(
         [
@@ -411,22 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             ("(b) peak RSS 10N / N", f"{rss_ratio:.2f}x", "<= 1.2x", rss_ratio <= 1.2),
             ("(b) peak PSS 10N / N", f"{pss_ratio:.2f}x", "<= 1.2x", pss_ratio <= 1.2),
             (
-                "(c) Ray streaming, Arrow collate / plain",
-                f"{s[names[1]] / s[names[0]]:.0%}",
-                ">= 80%",
-                s[names[1]] / s[names[0]] >= 0.8,
-            ),
-            (
-                "(c) Ray streaming, numpy collate / plain",
-                f"{s[names[2]] / s[names[0]]:.0%}",
-                ">= 80%",
-                s[names[2]] / s[names[0]] >= 0.8,
-            ),
-            (
-                "(c) Ray materialized / plain",
-                f"{s[names[3]] / s[names[0]]:.0%}",
-                ">= 80%",
-                s[names[3]] / s[names[0]] >= 0.8,
+                "(c) Ray job 2 CPUs / plain OpenCV loop",
+                f"{vs_plain:.2f}x",
+                ">= 0.85x",
+                vs_plain >= 0.85,
             ),
             ("(d) reference float32 / our bytes per frame", f"{ref / ours:.1f}x", "-", "-"),
         ],

@@ -71,6 +71,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def task_cpus(default: float = 1.0) -> float:
+    """CPUs Ray assigned to the current task or actor (``default`` outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return default
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", default))
+
+
+def set_opencv_threads(cpus: float) -> int:
+    """Give OpenCV's thread pool as many threads as the CPUs a task holds (at least 1).
+
+    OpenCV otherwise starts one thread per core in every task, so tasks running side by side
+    oversubscribe the machine and a second Ray CPU adds almost nothing; returns the count set."""
+    import cv2
+
+    threads = max(1, int(cpus))
+    cv2.setNumThreads(threads)
+    return threads
+
+
 def cluster_cpus() -> float:
     import ray
 

@@ -3,30 +3,58 @@
 Frames stay uint8 until they reach the worker's device; clips are sampled per epoch by the
 branch's collate (random for training, deterministic for evaluation); gesture representations
 are built on the device from the stored joints.
+
+A fold reads only the row groups that hold its rows (:func:`datasets.shards.fold_plan`, from the
+files' ``id`` statistics), and batches reach the collate as Arrow tables whose binary payloads
+are handed over as zero-copy numpy views (Ray's numpy batches copy every payload into a Python
+``bytes`` object first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.collate_fn import ArrowBatchCollateFn
+from ray.data.datasource import Datasource, ReadTask
 
 from branches import get_branch
 from datasets import shards
 
 DATA_CPUS = 0.25
+BLOCK_BYTES = 32 << 20  # a read task yields blocks of about this many stored bytes
 
 
-class RayCollate(NumpyBatchCollateFn):
-    """Ray Data's numpy-batch collate protocol around a branch's plain collate callable."""
+def arrow_columns(table: pa.Table) -> dict[str, object]:
+    """An Arrow batch as the dict of columns a branch collate takes, without copying payloads.
+
+    Binary columns become lists of uint8 views into Arrow's buffers, strings and numbers numpy
+    arrays (what Ray's numpy batches hold, less the per-row ``bytes`` copies)."""
+    out: dict[str, object] = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_large_binary(col.type) or pa.types.is_binary(col.type):
+            width = np.int64 if pa.types.is_large_binary(col.type) else np.int32
+            views = []
+            for chunk in col.chunks:
+                offsets = np.frombuffer(chunk.buffers()[1], width)[chunk.offset :]
+                data = np.frombuffer(chunk.buffers()[2], np.uint8)
+                views += [data[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
+            out[name] = views
+        else:
+            out[name] = col.to_numpy()
+    return out
+
+
+class RayCollate(ArrowBatchCollateFn):
+    """Ray Data's Arrow-batch collate protocol around a branch's plain collate callable."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
 
-    def __call__(self, batch):
-        return self.fn(batch)
+    def __call__(self, batch: pa.Table):
+        return self.fn(arrow_columns(batch))
 
 
 def make_collate(cfg, train: bool, epoch: int, forbidden: frozenset[str] = frozenset()):
@@ -36,14 +64,67 @@ def make_collate(cfg, train: bool, epoch: int, forbidden: frozenset[str] = froze
     return RayCollate(fn)
 
 
-class _KeepIds:
-    """Ray Data batch filter keeping the rows whose id is in a fixed set."""
+def _read_parts(parts: list, columns: list[str], ids: list[str]):
+    for part in parts:
+        table = shards.read_fold_part(part, columns, ids)
+        if table.num_rows:
+            yield table
 
-    def __init__(self, ids: list[str]):
-        self.ids = pa.array(sorted(ids), pa.string())
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch["id"], value_set=self.ids))
+def shard_row_groups(root: str, columns: list[str]) -> list:
+    """Every row group of a shard folder (one footer read per file)."""
+    return [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
+
+
+class FoldDatasource(Datasource):
+    """The rows of a fold, read from the planned row groups of each shard file only."""
+
+    def __init__(self, root: str, columns: list[str], ids: list[str], groups=None):
+        """``groups``: the folder's row groups (:func:`shard_row_groups`) if already read."""
+        super().__init__()
+        self.columns, self.ids = list(columns), sorted(set(ids))
+        groups = shard_row_groups(root, columns) if groups is None else groups
+        self.plan = shards.fold_plan(groups, self.ids)
+        self.total_bytes = sum(g.nbytes for g in groups)
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(p.nbytes for p in self.plan)
+
+    def estimate_inmemory_data_size(self) -> int:
+        return self.planned_bytes
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        from ray.data.block import BlockMetadata
+
+        # Consecutive parts (files in id order) go to one task until it holds BLOCK_BYTES: few,
+        # large blocks keep the per-task overhead small against the bytes each task moves.
+        tasks, current = [], []
+        for part in self.plan:
+            current.append(part)
+            if sum(p.nbytes for p in current) >= BLOCK_BYTES:
+                tasks.append(current)
+                current = []
+        if current:
+            tasks.append(current)
+        columns, ids = self.columns, self.ids
+        out = []
+        for parts in tasks:
+            files = tuple(p.file for p in parts)
+            meta = BlockMetadata(
+                num_rows=sum(p.rows for p in parts),
+                size_bytes=sum(p.nbytes for p in parts),
+                exec_stats=None,
+                input_files=files,
+            )
+            out.append(
+                ReadTask(
+                    lambda parts=parts: _read_parts(parts, columns, ids),
+                    meta,
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
+        return out
 
 
 def fold_dataset(root: str, branch: str, ids: list[str]):
@@ -55,7 +136,4 @@ def fold_dataset(root: str, branch: str, ids: list[str]):
     columns = list(get_branch(branch).columns)
     # Small CPU shares for the data tasks: next to fractional-CPU Train workers on a small machine,
     # 1-CPU read tasks can find no slot and the run hangs silently (see README, 2-CPU machines).
-    ds = ray.data.read_parquet(shards.shard_files(root), columns=columns, num_cpus=DATA_CPUS)
-    return ds.map_batches(
-        _KeepIds(ids), batch_format="pyarrow", batch_size=None, num_cpus=DATA_CPUS
-    )
+    return ray.data.read_datasource(FoldDatasource(root, columns, ids), num_cpus=DATA_CPUS)

@@ -28,7 +28,7 @@ from datasets.manifest import Counts, Manifest, write_manifest
 from datasets.protocols import ProtocolError
 from datasets.records import BadInput, SourceItem
 from distributed import cli
-from distributed.common import git_commit, init_ray, print_table
+from distributed.common import git_commit, init_ray, print_table, set_opencv_threads, task_cpus
 from distributed.console import Bar
 
 PLAN = "plan.json"
@@ -76,6 +76,7 @@ class PreprocessArgs:
 
 def run_shard(task: dict) -> dict:
     """Ray Data task: process one planned shard and write it; returns a one-row summary."""
+    threads = set_opencv_threads(task_cpus())
     branch = get_branch(task["branch"])
     out, index = task["out"], int(task["shard"])
     items = [SourceItem(**d) for d in json.loads(task["items"])]
@@ -108,7 +109,7 @@ def run_shard(task: dict) -> dict:
     }
     # The summary is written last: its presence marks the shard as finished for a resume.
     storage.atomic_write_bytes(_summary_path(out, index), json.dumps(summary).encode())
-    return {"shard": index, "written": len(rows), "failed": len(errors)}
+    return {"shard": index, "written": len(rows), "failed": len(errors), "threads": threads}
 
 
 def _summary_path(out: str, index: int) -> str:

@@ -48,6 +48,7 @@ class TrainArgs:
     smoke: bool = False
     address: str | None = None
     num_cpus: float | None = None
+    materialize_gib: float | None = None
 
 
 EPOCH_COLUMNS = [
@@ -82,6 +83,7 @@ def train(args: TrainArgs):
         Resources,
         export_model,
         fit_folds,
+        materialize_budget,
         outer_fold_spec,
         prepare_datasets,
     )
@@ -91,6 +93,10 @@ def train(args: TrainArgs):
     local = args.local or args.workers == 0
     if local and args.gpu:
         raise cli.UsageError("--local (or --workers 0) runs on the CPU; drop --gpu or --local")
+    try:
+        budget = materialize_budget(args.materialize_gib)
+    except ValueError as err:
+        raise cli.UsageError(f"--materialize-gib: {err}") from None
     cfg = config_from(args)
     manifest = read_manifest(args.shards)
     if manifest.kind != args.branch:
@@ -104,7 +110,8 @@ def train(args: TrainArgs):
     out = args.out if storage.is_uri(args.out) else os.path.abspath(args.out)
     storage.ensure_writable_dir(out, "--out folder")
     init_ray(args.address, args.num_cpus)
-    data = prepare_datasets(args.shards, [spec], frozenset(protocol.fold(args.fold).test))
+    test_ids = frozenset(protocol.fold(args.fold).test)
+    data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
     resources = Resources(0 if local else args.workers, args.gpu, args.cpus_per_worker)
     fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
     return fit, export_model(fit, storage.join(out, name, "model.pt")), cfg
@@ -142,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny model and a few epochs")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")
+    p.add_argument(
+        "--materialize-gib",
+        type=float,
+        default=None,
+        help="folds up to this many GiB of stored rows are read once into Ray's object store, "
+        "larger ones stream every epoch (default: $EMOVIS_MATERIALIZE_GIB or 2; 0 streams all)",
+    )
     return p
 
 

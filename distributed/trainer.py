@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from branches import DataInfo
-from datasets import shards, storage
+from branches import DataInfo, get_branch
+from datasets import storage
 from datasets.manifest import Manifest, read_manifest
 from datasets.protocols import Protocol
 from distributed.checkpoint import TrainedOn
@@ -23,7 +23,22 @@ from distributed.common import cluster_cpus, git_commit
 from distributed.config import TrainConfig
 from distributed.worker import HISTORY_FILE, MODEL_FILE, train_loop_per_worker
 
-MATERIALIZE_BYTES = 2 * 2**30
+MATERIALIZE_GIB = 2.0  # default budget: folds up to this many stored bytes are materialised
+MATERIALIZE_ENV = "EMOVIS_MATERIALIZE_GIB"
+
+
+def materialize_budget(gib: float | None = None) -> float:
+    """The materialisation budget in bytes: ``gib`` if given, else ``$EMOVIS_MATERIALIZE_GIB``,
+    else 2 GiB. Folds above it stream every epoch (0 streams every fold)."""
+    if gib is None:
+        text = os.environ.get(MATERIALIZE_ENV, "").strip()
+        try:
+            gib = float(text) if text else MATERIALIZE_GIB
+        except ValueError:
+            raise ValueError(f"${MATERIALIZE_ENV}={text!r}: give a number of GiB") from None
+    if gib < 0:
+        raise ValueError(f"the materialisation budget must be >= 0 GiB, got {gib}")
+    return gib * 2**30
 
 
 @dataclass(frozen=True)
@@ -90,24 +105,24 @@ def outer_fold_spec(protocol: Protocol, key: str, fold: int, inner: int | None) 
     return FoldSpec(split.train, split.val, TrainedOn(fold, inner, key))
 
 
-def shard_bytes_per_row(root: str, manifest: Manifest) -> float:
-    """Average stored bytes per row of a shard folder (to size folds before reading them)."""
-    fs, _ = storage.resolve(root)
-    files = shards.shard_files(root)
-    total = sum(fs.get_file_info(storage.resolve(f)[1]).size for f in files)
-    return total / max(manifest.counts.written, 1)
-
-
 def prepare_datasets(
     root: str,
     specs: Sequence[FoldSpec],
     forbidden: frozenset[str] = frozenset(),
-    materialize_bytes: float = MATERIALIZE_BYTES,
+    materialize_bytes: float | None = None,
 ) -> FoldData:
-    """Ray datasets for the folds of ``specs`` (``train0``, ``val0``, ...)."""
+    """Ray datasets for the folds of ``specs`` (``train0``, ``val0``, ...).
+
+    A fold whose planned row groups hold at most ``materialize_bytes`` stored bytes (default:
+    :func:`materialize_budget`) is read once into the object store; a larger one streams from
+    the shards every epoch, reading only its row groups, shuffled by the workers' bounded
+    buffer (``local_shuffle_buffer_size``)."""
+    import ray
     from ray.data import DataContext
 
-    from distributed.data import fold_dataset
+    from distributed.data import DATA_CPUS, FoldDatasource, shard_row_groups
+
+    budget = materialize_budget() if materialize_bytes is None else materialize_bytes
 
     manifest = read_manifest(root)
     for spec in specs:
@@ -119,13 +134,17 @@ def prepare_datasets(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
-    row_bytes = shard_bytes_per_row(root, manifest)
+    columns = list(get_branch(manifest.kind).columns)
+    groups = shard_row_groups(root, columns)  # footers read once for every fold
 
     def dataset(ids):
-        ds = fold_dataset(root, manifest.kind, list(ids))
+        if not ids:
+            raise ValueError(f"{root}: empty fold")
+        source = FoldDatasource(root, columns, list(ids), groups)
+        ds = ray.data.read_datasource(source, num_cpus=DATA_CPUS)
         # Small folds are read once into the object store: re-running a streaming read every
         # epoch costs seconds of fixed overhead, more than a small epoch's training.
-        return ds.materialize() if row_bytes * len(ids) <= materialize_bytes else ds
+        return ds.materialize() if source.planned_bytes <= budget else ds
 
     datasets, folds = {}, []
     for j, spec in enumerate(specs):
