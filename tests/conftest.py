@@ -14,6 +14,37 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Object storage (tests/test_s3.py) is a local S3-compatible server on 127.0.0.1 (moto), started
+# only by the tests that ask for it. Its address and dummy credentials are set here, before the
+# session's Ray instance starts, because Ray's workers inherit the environment the instance was
+# started with; and they are set for every test, so that no test can ever reach a real bucket
+# with a developer's own credentials.
+# (Test modules import this file again as ``tests.conftest``: keep the first choice.)
+S3_ENDPOINT = os.environ.get("EMOVIS_TEST_S3_ENDPOINT") or f"http://127.0.0.1:{_free_port()}"
+S3_PORT = int(S3_ENDPOINT.rsplit(":", 1)[1])
+os.environ["EMOVIS_TEST_S3_ENDPOINT"] = S3_ENDPOINT
+for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN"):
+    os.environ.pop(_key, None)
+os.environ.update(
+    AWS_ENDPOINT_URL=S3_ENDPOINT,
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",  # no instance-role lookups from the tests
+    AWS_SHARED_CREDENTIALS_FILE=os.path.join(os.environ["RAY_TMPDIR"], "no-aws-credentials"),
+    AWS_CONFIG_FILE=os.path.join(os.environ["RAY_TMPDIR"], "no-aws-config"),
+)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance for the whole session (4 logical CPUs on this 2-core machine)."""
@@ -22,6 +53,31 @@ def ray_session():
     ray = init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The local S3-compatible server (moto's threaded server) at ``S3_ENDPOINT``; returns a
+    function that creates a bucket and gives its ``s3://`` URI."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+
+    def bucket(name: str) -> str:
+        import pyarrow.fs as pafs
+
+        # (the constructor ignores AWS_ENDPOINT_URL; resolving an s3:// URI reads it)
+        pafs.S3FileSystem(endpoint_override=S3_ENDPOINT, allow_bucket_creation=True).create_dir(
+            name
+        )
+        return f"s3://{name}"
+
+    yield bucket
+    server.stop()
 
 
 def stored_protocol(root, key: str = "subjects") -> dict:
