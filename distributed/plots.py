@@ -171,7 +171,7 @@ def _history_figure(rows: list[dict], metric: str, label: str | None):
 def history_png(rows: list[dict], metric: str = "cv_metric", *, label: str | None = None) -> bytes:
     """Each trial's inner-CV score in trial order, per outer fold, with the running best.
 
-    ``rows``: dicts with at least ``outer``, ``trial_id``, ``metric`` and ``complete``, in trial
+    ``rows``: dicts with at least ``outer``, ``trial``, ``metric`` and ``complete``, in trial
     order within each outer fold. One colour per outer fold, used for its complete trials
     (filled circles), its trials stopped early by ASHA (crosses, at their partial score) and its
     best-so-far step line (over complete trials). ``label`` names the metric on the y axis

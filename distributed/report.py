@@ -60,7 +60,7 @@ def write_results(
             "uar": f["uar"],
             "inner_cv": f["cv_metric"],
             "epochs": f["epochs"],
-            "trial_id": f["trial_id"],
+            "trial": f["trial"],
             **f["params"],
         }
         for f in finals

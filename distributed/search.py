@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from ray.tune import Callback
 
 from datasets import storage
 from datasets.manifest import Manifest
@@ -25,6 +23,16 @@ from distributed import search_events
 from distributed.checkpoint import TrainedOn
 from distributed.cli import UsageError
 from distributed.config import TrainConfig
+from distributed.ledger import (
+    Ledger,
+    LedgerCallback,
+    TrialSeededSampler,
+    asha_state,
+    ledger_rows,
+    pending_points,
+    rebuild_study,
+    replay_asha,
+)
 from distributed.search_space import SearchSpace
 from distributed.trainer import (
     FoldData,
@@ -123,12 +131,14 @@ def trial_driver(
 
 
 def optuna_storage(root: str, outer: int) -> dict:
-    """A journal file next to the experiment holds the Optuna study, so the study (every trial
-    and its value) survives a killed driver and can be inspected with Optuna; on remote storage
-    the searcher state saved by Tune is used alone."""
+    """The Optuna study's storage: a journal file next to the experiment (every trial and its
+    value, readable by Optuna and optuna-dashboard); in memory on remote storage, where the
+    ledger alone keeps the search."""
     local = storage.local_path(root)
     if local is None:
-        return {}
+        from optuna.storages import InMemoryStorage
+
+        return {"storage": InMemoryStorage(), "study_name": f"outer{outer}"}
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -137,25 +147,11 @@ def optuna_storage(root: str, outer: int) -> dict:
     return {"storage": JournalStorage(backend), "study_name": f"outer{outer}"}
 
 
-class SchedulerSaver(Callback):
-    """Tune callback that persists the trial scheduler's state after every result (Tune restores
-    the searcher on resume, not the scheduler)."""
+def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
+    """Run (or resume) the search of one outer fold; returns its ledger, every trial finished.
 
-    def __init__(self, scheduler, path: str):
-        self.scheduler, self.path = scheduler, path
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._save()
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._save()
-
-    def _save(self) -> None:
-        storage.atomic_write_bytes(self.path, pickle.dumps(self.scheduler.__dict__))
-
-
-def search_outer_fold(plan: SearchPlan, outer: int):
-    """Run (or resume) the search of one outer fold; returns Tune's ResultGrid."""
+    A resume never restores Tune's own state (it can lag behind a killed driver): a new Tuner
+    starts from the ledger (see ``distributed.ledger``) and runs only the missing trials."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -163,6 +159,40 @@ def search_outer_fold(plan: SearchPlan, outer: int):
 
     root = plan.root
     n_inner = len(plan.protocol.fold(outer).inner)
+    search = {"space": plan.space.space, "start": plan.space.start, "base": plan.base.to_dict()}
+    ledger = Ledger.open(root, outer, search, plan.resume)
+    created = ledger.previous  # every trial the last attempt created, finished or not
+    finished = ledger.finished()
+    if len(finished) > plan.samples:
+        raise UsageError(
+            f"{ledger.path}: {len(finished)} trials already finished, more than --samples "
+            f"{plan.samples}; resume with --samples {len(finished)} or more"
+        )
+    to_run = plan.samples - len(finished)
+    if to_run == 0 and storage.exists(storage.join(root, f"outer{outer}", "final.json")):
+        return ledger  # this outer fold is done: nothing is rebuilt or rewritten
+    if finished:
+        print(
+            f"outer fold {outer}: resuming from {ledger.path}: {len(finished)} trial(s) "
+            f"finished, {to_run} to run"
+        )
+    tune_space = plan.space.tune_space()
+    distributions = OptunaSearch.convert_search_space(tune_space)
+    study = optuna_storage(root, outer)
+    # also when nothing is left to run: a kill after the last trial ended can leave it running
+    rebuild_study(study["storage"], study["study_name"], ledger, distributions)
+    asha = ASHAScheduler(time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2)
+    replay_asha(asha, ledger, n_inner)
+    ledger.scheduler = asha_state(asha, {})
+    ledger.save()
+    if to_run == 0:
+        return ledger
+    points = pending_points(created, plan.space.start, distributions)[:to_run]
+    searcher = OptunaSearch(
+        points_to_evaluate=points or None,
+        sampler=TrialSeededSampler(plan.base.seed + outer),
+        **study,
+    )
     data = prepare_datasets(plan.shards, inner_specs(plan, outer), outer_test_ids(plan, outer))
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -176,76 +206,29 @@ def search_outer_fold(plan: SearchPlan, outer: int):
         # in local mode the trial's own process trains: it holds the worker's CPUs
         plan.resources.per_worker() if plan.resources.local else {"CPU": DRIVER_CPU},
     )
-    exp_path = storage.join(root, f"outer{outer}")
-    asha_path = storage.join(root, f"asha-outer{outer}.pkl")
-    if plan.resume and tune.Tuner.can_restore(exp_path):
-        tuner = tune.Tuner.restore(
-            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-        # Tune restores the searcher but not the scheduler: put ASHA's rungs back, or trials
-        # finished before the interruption would no longer count when cutting new ones.
-        search_events.refresh_run_config(tuner, plan, outer)
-        if storage.exists(asha_path):
-            scheduler = tuner._local_tuner._tune_config.scheduler
-            saved = pickle.loads(storage.read_bytes(asha_path))
-            # metric and mode are set again by Tune when the restored run starts
-            for key in ("_metric", "_mode", "_metric_op"):
-                saved.pop(key, None)
-            scheduler.__dict__.update(saved)
-    else:
-        searcher = OptunaSearch(
-            points_to_evaluate=plan.space.start or None,
-            seed=plan.base.seed + outer,
-            **optuna_storage(root, outer),
-        )
-        asha = ASHAScheduler(
-            time_attr="folds_done", max_t=n_inner, grace_period=1, reduction_factor=2
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=plan.space.tune_space(),
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="max",
-                num_samples=plan.samples,
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency),
-                scheduler=asha,
-            ),
-            run_config=tune.RunConfig(
-                name=f"outer{outer}",
-                storage_path=root,
-                verbose=plan.verbose,
-                callbacks=[SchedulerSaver(asha, asha_path), *search_events.callbacks(plan, outer)],
-            ),
-        )
-    return tuner.fit()
-
-
-def trial_rows(grid, outer: int, n_inner: int, space: SearchSpace) -> list[dict]:
-    """One row per trial: parameters, final running mean, folds finished, best epochs."""
-    rows = []
-    for result in grid:
-        m = result.metrics or {}
-        df = result.metrics_dataframe
-        epochs = []
-        if df is not None and "best_epoch" in df and "folds_done" in df:
-            ends = df[df["folds_done"].diff().fillna(df["folds_done"]) > 0]
-            epochs = [int(e) for e in ends["best_epoch"].tolist()]
-        rows.append(
-            {
-                "outer": outer,
-                "trial_id": m.get(
-                    "trial_id", result.path.rsplit("_", 2)[-2] if result.path else ""
-                ),
-                **{k: result.config.get(k) for k in space.space},
-                METRIC: m.get(METRIC, float("nan")),
-                "folds_done": int(m.get("folds_done", 0)),
-                "complete": int(m.get("folds_done", 0)) == n_inner and result.error is None,
-                "best_epochs": epochs,
-                "error": str(result.error)[:200] if result.error else "",
-            }
-        )
-    return rows
+    name = f"outer{outer}" if ledger.attempt == 0 else f"outer{outer}-resume{ledger.attempt}"
+    tuner = tune.Tuner(
+        trainable,
+        param_space=tune_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=to_run,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency),
+            scheduler=asha,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=root,
+            verbose=plan.verbose,
+            callbacks=[
+                LedgerCallback(ledger, asha, n_inner),
+                *search_events.callbacks(plan, outer),
+            ],
+        ),
+    )
+    tuner.fit()
+    return ledger
 
 
 def best_of(rows: list[dict]) -> dict:
@@ -255,8 +238,11 @@ def best_of(rows: list[dict]) -> dict:
     return max(complete, key=lambda r: r[METRIC])
 
 
-def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int) -> dict:
-    """Retrain the chosen configuration on the outer training fold, score the outer test fold."""
+def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int, attempt: int = 0) -> dict:
+    """Retrain the chosen configuration on the outer training fold, score the outer test fold.
+
+    ``final.json`` marks it done; a retrain killed before that is redone from scratch (a fresh
+    Ray Train run per ``attempt``: same seed, same model), never continued from a checkpoint."""
     from distributed.checkpoint import load_model
     from distributed.evaluation import predict_fold, summarise
 
@@ -272,7 +258,7 @@ def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int) -> dict:
         data,
         resources=plan.resources,
         storage_path=storage.join(root, "train"),
-        name=f"outer{outer}-final",
+        name=f"outer{outer}-final" + (f"-resume{attempt}" if attempt else ""),
     )
     model_file = export_model(fit, storage.join(root, "models", f"outer{outer}.pt"))
     mf = load_model(storage.read_bytes(model_file), name=model_file)
@@ -295,11 +281,10 @@ def run_search(plan: SearchPlan) -> str:
     for i, outer in enumerate(plan.outers):
         n_inner = len(plan.protocol.fold(outer).inner)
         pos = f"{i + 1}/{len(plan.outers)}"
-        exp_path = storage.join(plan.root, f"outer{outer}")
-        resumed = plan.resume and storage.exists(exp_path)
+        resumed = plan.resume and storage.exists(storage.join(plan.root, f"outer{outer}"))
         search_events.outer_started(pos, outer, plan.samples, resumed)
-        grid = search_outer_fold(plan, outer)
-        rows = trial_rows(grid, outer, n_inner, plan.space)
+        ledger = search_outer_fold(plan, outer)
+        rows = ledger_rows(ledger, outer, plan.space.space, n_inner)
         best = best_of(rows)
         params = {k: best[k] for k in plan.space.space}
         epochs = (
@@ -309,8 +294,8 @@ def run_search(plan: SearchPlan) -> str:
         )
         cfg = plan.base.override(where="best trial", **params, epochs=max(1, epochs))
         search_events.final_started(pos, cfg.epochs, params)
-        summary = final_fold(plan, cfg, outer)
-        summary["params"], summary["trial_id"] = params, best["trial_id"]
+        summary = final_fold(plan, cfg, outer, ledger.attempt)
+        summary["params"], summary["trial"] = params, best["trial"]
         summary["cv_metric"] = best[METRIC]
         all_rows += rows
         finals.append(summary)

@@ -161,13 +161,3 @@ def callbacks(plan, outer: int) -> list:
         )
     return out
 
-
-def refresh_run_config(tuner, plan, outer: int) -> None:
-    """A restored experiment brings back the run config it was saved with: give it this
-    command's console level and callbacks instead of the pickled ones."""
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-    rc = tuner._local_tuner._run_config
-    rc.verbose = plan.verbose
-    kept = [c for c in rc.callbacks or [] if not isinstance(c, (TrialEvents, MLflowLoggerCallback))]
-    rc.callbacks = kept + callbacks(plan, outer)

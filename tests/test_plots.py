@@ -264,7 +264,7 @@ def _write_results(tmp_path, rows):
     space = SearchSpace(space={"lr": {"loguniform": [1e-4, 1e-1]},
                                "rep": {"choice": ["timeline", "potion"]}})  # fmt: skip
     final = {"outer": 0, "n": 6, "war": 0.5, "uar": 0.5, "cv_metric": 0.6, "epochs": 3,
-             "trial_id": "t0", "params": {"lr": 1e-3}, "confusion": [[2, 1], [2, 1]]}  # fmt: skip
+             "trial": 0, "params": {"lr": 1e-3}, "confusion": [[2, 1], [2, 1]]}  # fmt: skip
     split = InnerSplit(("a/1",), ("a/2",))
     manifest = Manifest("gesture", ("a", "b"), {}, Counts(6, 6, 0, 0, {"a": 3, "b": 3}, 3))
     protocol = Protocol("test protocol", "one fold",
