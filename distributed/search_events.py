@@ -160,4 +160,3 @@ def callbacks(plan, outer: int) -> list:
             )
         )
     return out
-
