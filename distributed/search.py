@@ -172,7 +172,7 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
     if to_run == 0 and storage.exists(storage.join(root, f"outer{outer}", "final.json")):
         return ledger  # this outer fold is done: nothing is rebuilt or rewritten
     if finished:
-        print(
+        search_events.console.emit(
             f"outer fold {outer}: resuming from {ledger.path}: {len(finished)} trial(s) "
             f"finished, {to_run} to run"
         )
