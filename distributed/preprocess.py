@@ -29,6 +29,7 @@ from datasets.protocols import ProtocolError
 from datasets.records import BadInput, SourceItem
 from distributed import cli
 from distributed.common import git_commit, init_ray, print_table, set_opencv_threads, task_cpus
+from distributed.console import Bar
 
 PLAN = "plan.json"
 SUMMARY_SUFFIX = ".summary.json"
@@ -240,11 +241,15 @@ def preprocess(args: PreprocessArgs) -> int:
     print(f"{len(items)} items in {len(plan)} shards; {len(done)} already done, {len(todo)} to do")
     if todo:
         ray = init_ray(args.address, args.num_cpus)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         # One task per planned shard; outputs are tiny summaries, so memory stays bounded by the
-        # shards in flight, whatever the dataset size. Ray Data draws the progress bar.
-        for _ in ds.map(run_shard, num_cpus=1, max_retries=2).iter_rows():
-            pass
+        # shards in flight, whatever the dataset size. One progress line (ours, not Ray Data's).
+        bar = Bar("preprocessing", sum(len(plan[t["shard"]]) for t in todo))
+        for row in ds.map(run_shard, num_cpus=1, max_retries=2).iter_rows():
+            bar.update(int(row["written"]) + int(row["failed"]))
+        bar.close()
 
     summaries = [
         json.loads(storage.read_bytes(_summary_path(args.out, i))) for i in range(len(plan))

@@ -19,6 +19,7 @@ import numpy as np
 from datasets import storage
 from datasets.manifest import Manifest
 from datasets.protocols import Protocol
+from distributed import search_events
 from distributed.checkpoint import TrainedOn
 from distributed.cli import UsageError
 from distributed.config import TrainConfig
@@ -62,7 +63,8 @@ class SearchPlan:
     resources: Resources
     concurrency: int
     resume: bool = False
-    verbose: int = 1
+    verbose: int = 0  # Tune's own console output (0: none; our lines come from search_events)
+    mlflow: str | None = None  # an MLflow tracking URI: every trial becomes an MLflow run
 
 
 def inner_specs(plan: SearchPlan, outer: int) -> list[FoldSpec]:
@@ -114,7 +116,6 @@ def trial_driver(
 
     ``data`` holds the inner folds' datasets, read once by the driver for all trials."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = TrainConfig.from_dict(base).override(where="trial", **config)
     trial_id = tune.get_context().get_trial_id()
@@ -125,7 +126,7 @@ def trial_driver(
         storage_path=train_storage,
         name=f"outer{outer}-{trial_id}",
         write_model=False,
-        callbacks=[TuneReportCallback()],
+        tune_report=True,
     )
 
 
@@ -171,7 +172,7 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
     if to_run == 0 and storage.exists(storage.join(root, f"outer{outer}", "final.json")):
         return ledger  # this outer fold is done: nothing is rebuilt or rewritten
     if finished:
-        print(
+        search_events.console.emit(
             f"outer fold {outer}: resuming from {ledger.path}: {len(finished)} trial(s) "
             f"finished, {to_run} to run"
         )
@@ -202,7 +203,8 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             train_storage=storage.join(root, "train"),
             data=data,
         ),
-        {"CPU": DRIVER_CPU},
+        # in local mode the trial's own process trains: it holds the worker's CPUs
+        plan.resources.per_worker() if plan.resources.local else {"CPU": DRIVER_CPU},
     )
     name = f"outer{outer}" if ledger.attempt == 0 else f"outer{outer}-resume{ledger.attempt}"
     tuner = tune.Tuner(
@@ -219,7 +221,10 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             name=name,
             storage_path=root,
             verbose=plan.verbose,
-            callbacks=[LedgerCallback(ledger, asha, n_inner)],
+            callbacks=[
+                LedgerCallback(ledger, asha, n_inner),
+                *search_events.callbacks(plan, outer),
+            ],
         ),
     )
     tuner.fit()
@@ -271,8 +276,13 @@ def run_search(plan: SearchPlan) -> str:
 
     t0 = time.time()
     all_rows, finals = [], []
-    for outer in plan.outers:
+    n_inner0 = len(plan.protocol.fold(plan.outers[0]).inner) if plan.outers else 0
+    search_events.start(len(plan.outers), plan.samples, n_inner0)
+    for i, outer in enumerate(plan.outers):
         n_inner = len(plan.protocol.fold(outer).inner)
+        pos = f"{i + 1}/{len(plan.outers)}"
+        resumed = plan.resume and storage.exists(storage.join(plan.root, f"outer{outer}"))
+        search_events.outer_started(pos, outer, plan.samples, resumed)
         ledger = search_outer_fold(plan, outer)
         rows = ledger_rows(ledger, outer, plan.space.space, n_inner)
         best = best_of(rows)
@@ -283,15 +293,13 @@ def run_search(plan: SearchPlan) -> str:
             else plan.base.epochs
         )
         cfg = plan.base.override(where="best trial", **params, epochs=max(1, epochs))
+        search_events.final_started(pos, cfg.epochs, params)
         summary = final_fold(plan, cfg, outer, ledger.attempt)
         summary["params"], summary["trial"] = params, best["trial"]
         summary["cv_metric"] = best[METRIC]
         all_rows += rows
         finals.append(summary)
-        print(
-            f"outer fold {outer}: WAR {summary['war']:.3f} UAR {summary['uar']:.3f} "
-            f"(best inner {plan.base.select_metric.upper()} {best[METRIC]:.3f}, params {params})"
-        )
+        search_events.outer_finished(pos, summary, plan.base.select_metric.upper(), best[METRIC])
     return write_results(
         plan.root,
         shards=plan.shards,

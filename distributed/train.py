@@ -1,13 +1,15 @@
 """Distributed training with Ray Train (DDP) from the shards.
 
-    python -m distributed.train {facial,gesture} --shards DIR --fold I [--inner J] --workers N
-        [--gpu] [--epochs E] [--config FILE] [--out DIR] [--smoke]
+    python -m distributed.train {facial,gesture} --shards DIR --fold I [--inner J]
+        [--workers N | --local] [--gpu] [--epochs E] [--config FILE] [--out DIR] [--smoke]
 
 ``--inner J`` trains on inner split J of outer fold I and keeps the epoch that is best on its
 validation split. Without ``--inner`` the model trains on the whole outer training fold for E
 epochs and the last epoch is kept: nothing is ever selected on the outer test fold, which only
 ``python -m distributed.evaluate`` reads. Re-running with the same ``--out`` and ``--name``
-resumes from the latest checkpoint.
+resumes from the latest checkpoint. ``--local`` (or ``--workers 0``) runs the same loop through
+Ray Train's local mode in this process, without a worker group: seconds faster, and ``pdb``
+(``python -m pdb -m distributed.train ... --local``) steps through it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class TrainArgs:
     inner: int | None = None
     protocol: str | None = None
     workers: int = 1
+    local: bool = False
     gpu: bool = False
     cpus_per_worker: float | None = None
     epochs: int | None = None
@@ -85,8 +88,11 @@ def train(args: TrainArgs):
         prepare_datasets,
     )
 
-    if args.workers < 1:
-        raise cli.UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers < 0:
+        raise cli.UsageError(f"--workers must be >= 0 (0: --local), got {args.workers}")
+    local = args.local or args.workers == 0
+    if local and args.gpu:
+        raise cli.UsageError("--local (or --workers 0) runs on the CPU; drop --gpu or --local")
     try:
         budget = materialize_budget(args.materialize_gib)
     except ValueError as err:
@@ -106,7 +112,7 @@ def train(args: TrainArgs):
     init_ray(args.address, args.num_cpus)
     test_ids = frozenset(protocol.fold(args.fold).test)
     data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
-    resources = Resources(args.workers, args.gpu, args.cpus_per_worker)
+    resources = Resources(0 if local else args.workers, args.gpu, args.cpus_per_worker)
     fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
     return fit, export_model(fit, storage.join(out, name, "model.pt")), cfg
 
@@ -122,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, required=True, help="outer fold index")
     p.add_argument("--inner", type=int, default=None, help="inner split index (validation)")
     p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 0: --local")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="Ray Train local mode: the loop runs in this process (no worker group; pdb works)",
+    )
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, mixed precision")
     p.add_argument("--cpus-per-worker", type=float, default=None)
     p.add_argument("--epochs", type=int, default=None)

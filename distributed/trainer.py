@@ -52,19 +52,27 @@ class FoldSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """Workers of a fit: how many, GPU or not, CPUs each (None: leave one CPU for Ray Data)."""
+    """Workers of a fit: how many, GPU or not, CPUs each (None: leave one CPU for Ray Data).
+
+    ``workers=0`` is Ray Train's local mode: the loop runs in the calling process (one
+    "worker", no DDP, no worker group; see ``distributed.local_mode``)."""
 
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float | None = None
     placement_strategy: str = "PACK"
 
+    @property
+    def local(self) -> bool:
+        return self.workers == 0
+
     def per_worker(self) -> dict:
         """CPU share per worker that leaves a CPU for Ray Data's read tasks (the 2-CPU hang)."""
         cpus = self.cpus_per_worker
+        workers = max(self.workers, 1)
         if cpus is None:
             total = cluster_cpus()
-            cpus = 1.0 if total - 1 >= self.workers else max((total - 1) / self.workers, 0.25)
+            cpus = 1.0 if total - 1 >= workers else max((total - 1) / workers, 0.25)
         res = {"CPU": cpus}
         if self.use_gpu:
             res["GPU"] = 1
@@ -160,15 +168,19 @@ def fit_folds(
     callbacks: list | None = None,
     max_failures: int = 2,
     loop: Callable[[dict], None] = train_loop_per_worker,
+    tune_report: bool = False,
 ) -> Fit:
     """Build and fit one TorchTrainer over the folds of ``data`` (in sequence).
 
     ``loop`` is the worker function (the default is the project's; tests wrap it to inject
-    faults). Raises the fit's error, if any.
+    faults). ``tune_report``: inside a Tune trial, every report also goes to Tune (through
+    ``TuneReportCallback`` on a worker group, directly in local mode). Raises the fit's error.
     """
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from distributed import local_mode
 
     if data.manifest.kind != cfg.branch:
         raise ValueError(f"{data.root} holds {data.manifest.kind} shards, not {cfg.branch}")
@@ -181,16 +193,30 @@ def fit_folds(
         "threads": max(1, int(per_worker["CPU"])),
         "model_writer": {"git_commit": git_commit()} if write_model else None,
     }
-    datasets = data.datasets
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
+    callbacks = list(callbacks or [])
+    if resources.local:
+        if resources.use_gpu:
+            raise ValueError("local mode (workers=0) runs on the CPU; use a worker for a GPU")
+        loop_config[local_mode.LOCAL_KEY] = local_mode.loop_settings(
+            storage_path, name, tune_report
+        )
+        scaling = ScalingConfig(num_workers=0)
+    else:
+        if tune_report:
+            from ray.tune.integration.ray_train import TuneReportCallback
+
+            callbacks.append(TuneReportCallback())
+        scaling = ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.use_gpu,
             resources_per_worker=per_worker,
             placement_strategy=resources.placement_strategy,
-        ),
+        )
+    datasets = data.datasets
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         datasets=datasets,
         # Validation splits are not split across workers: each worker scores every row, exactly.
@@ -203,10 +229,14 @@ def fit_folds(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=callbacks or None,
         ),
     )
-    result = trainer.fit()
+    if resources.local and tune_report:
+        with local_mode.tune_session_set_aside():
+            result = trainer.fit()
+    else:
+        result = trainer.fit()
     return Fit(result, _history(result))
 
 

@@ -3,6 +3,7 @@
     python -m distributed.tune {facial,gesture} [--shards DIR] [--folds K] [--samples N]
         [--workers-per-trial W] [--gpus-per-worker G] [--max-concurrent M] [--space FILE]
         [--storage PATH_OR_URI] [--name NAME] [--resume] [--smoke] [--address ADDR]
+        [--verbose] [--mlflow URI] [--worker-group]
 
 For each outer fold: Optuna (TPE) proposes configurations; a trial trains one configuration on
 every inner, subject-disjoint validation split of that outer fold in ONE TorchTrainer fit and
@@ -12,6 +13,11 @@ scored on the outer test fold, which the search never reads. The result is the m
 and UAR over outer folds. Without ``--shards`` a synthetic demo set is generated and preprocessed
 through the real pipeline first. ``--resume`` continues an interrupted run of the same name.
 The search itself is ``distributed.search``; this module only turns a command line into a plan.
+
+The console shows a header, one line per trial event and outer fold, the result and the path of
+``report.md``; Ray's, Tune's and the workers' output go to ``STORAGE/NAME/logs/`` (``--verbose``
+shows them). A trial with one worker and no GPU trains through Ray Train's local mode, in the
+trial's own process (``--worker-group`` starts a worker group instead).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 from branches import BRANCHES, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
-from distributed import cli
+from distributed import cli, console
 from distributed.config import default_config, load_config_file
 
 
@@ -50,16 +56,25 @@ class TuneArgs:
     smoke: bool = False
     seed: int = 0
     quiet: bool = False
+    verbose: bool = False
+    worker_group: bool = False
+    mlflow: str | None = None
     address: str | None = None
     num_cpus: float | None = None
 
 
+def log_dir_of(root: str, name: str) -> tuple[str, str]:
+    """Where this run's log files go: STORAGE/NAME/logs, or for remote storage a local
+    ``logs/NAME`` (with a note saying so)."""
+    local = storage.local_path(root)
+    if local is not None:
+        return os.path.join(local, "logs"), ""
+    return os.path.abspath(os.path.join("logs", name)), " (local: the storage is remote)"
+
+
 def tune(args: TuneArgs) -> str:
     """Plan and run the search the command line asks for; returns report.md's text."""
-    from distributed.common import cluster_cpus, init_ray
-    from distributed.search import SearchPlan, plan_concurrency, run_search
     from distributed.search_space import load_space, with_first_point
-    from distributed.trainer import Resources
 
     branch = get_branch(args.branch)
     overrides = dict(branch.smoke) if args.smoke else {}
@@ -79,12 +94,35 @@ def tune(args: TuneArgs) -> str:
     if not args.resume and storage.exists(storage.join(root, "outer0")):
         raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
     storage.ensure_writable_dir(root, "--storage folder")
+    if args.mlflow:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise cli.UsageError(
+                "--mlflow needs MLflow: pip install mlflow-skinny (or .[mlflow])"
+            ) from None
+    if args.mlflow and args.mlflow.startswith("file:"):
+        # MLflow 3 keeps its file store (what `mlflow ui --backend-store-uri file:...` reads) in
+        # maintenance mode and refuses it unless this is set; a file: URI asks for it plainly.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    log_dir, note = log_dir_of(root, name)
+    with console.capture(log_dir, "tune", verbose=args.verbose) as con:
+        if con.log_path:
+            con.emit(f"log: {con.log_path}{note} (Ray, Tune, workers; --verbose shows them here)")
+        return _tune(args, branch, base, space, preset, name, root)
+
+
+def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> str:
+    from distributed.common import cluster_cpus, init_ray
+    from distributed.search import SearchPlan, plan_concurrency, run_search
+    from distributed.trainer import Resources
 
     if args.shards:
         shards_root = args.shards
     else:
         from distributed.demo import demo_shards
 
+        console.emit("data: the synthetic demo set (generated and preprocessed on first use)")
         shards_root = demo_shards(args.branch, args.smoke)
     manifest = read_manifest(shards_root)
     if manifest.kind != args.branch:
@@ -106,10 +144,22 @@ def tune(args: TuneArgs) -> str:
         args.max_concurrent,
         autoscaling=autoscaling,
     )
-    print(
-        f"nested CV on {shards_root}: outer folds {outers}, {samples} trials each, "
-        f"{concurrency} at once, {args.workers_per_trial} worker(s) per trial"
+    local = args.workers_per_trial == 1 and not args.gpus_per_worker and not args.worker_group
+    how = (
+        "Ray Train local mode (in the trial's process)"
+        if local
+        else f"{args.workers_per_trial} Ray Train worker(s) each"
     )
+    for line in (
+        f"nested CV: {branch.name}, model {base.model.name}, shards {shards_root} "
+        f"({manifest.counts.written} items, {len(manifest.classes)} classes)",
+        f"protocol: {key} ({n_outer} outer folds; running {len(outers)}: {outers}; "
+        f"{len(protocol.fold(outers[0]).inner)} inner splits each)",
+        f"search: {samples} trials per outer fold, {concurrency} at once, {how}; "
+        f"space: {', '.join(space.space)}",
+        f"results: {storage.join(root, 'results')} (trials: {storage.join(root, 'outer*')})",
+    ):
+        console.emit(line)
     plan = SearchPlan(
         shards=shards_root,
         manifest=manifest,
@@ -122,10 +172,17 @@ def tune(args: TuneArgs) -> str:
         root=root,
         concurrency=concurrency,
         resume=args.resume,
-        resources=Resources(args.workers_per_trial, args.gpus_per_worker > 0, cpus_per_worker),
-        verbose=1 if args.quiet else 2,
+        resources=Resources(
+            0 if local else args.workers_per_trial, args.gpus_per_worker > 0, cpus_per_worker
+        ),
+        verbose=(1 if args.quiet else 2) if args.verbose else 0,
+        mlflow=args.mlflow,
     )
-    return run_search(plan)
+    text = run_search(plan)
+    result = next((ln.replace("**", "") for ln in text.splitlines() if ln.startswith("**WAR")), "")
+    console.emit(f"result: {result}")
+    console.emit(f"report: {storage.join(root, 'results', 'report.md')}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="tiny models, 3 trials, 2 outer folds, a few epochs"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="less Tune console output")
+    p.add_argument("--quiet", action="store_true", help="with --verbose: less Tune output")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's, Tune's and the workers' output on the console too (default: the log file)",
+    )
+    p.add_argument(
+        "--worker-group",
+        action="store_true",
+        help="run 1-worker trials on a Ray Train worker group instead of local mode",
+    )
+    p.add_argument("--mlflow", metavar="URI", help="also log every trial to an MLflow tracking URI")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")
     return p
@@ -167,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     args = TuneArgs(**vars(build_parser().parse_args(argv)))
 
     def body() -> int:
-        print(tune(args))
+        text = tune(args)
+        if args.verbose:
+            print(text)
         return 0
 
     return cli.run(body)

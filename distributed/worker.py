@@ -151,7 +151,8 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config`` holds plain values only (it crosses processes)."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
+
+    from distributed import local_mode
 
     cfg = TrainConfig.from_dict(config["train"])
     data = DataInfo.from_json(config["data"])
@@ -166,7 +167,7 @@ def train_loop_per_worker(config: dict) -> None:
     select = f"val_{cfg.select_metric}"
 
     resume = None
-    ckpt = ray.train.get_checkpoint()
+    ckpt = local_mode.get_checkpoint(config)  # ray.train.get_checkpoint(), also in local mode
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
@@ -269,7 +270,6 @@ def train_loop_per_worker(config: dict) -> None:
                     "best_state": best_state,
                 }
             with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
                 if rank == 0:
                     with open(os.path.join(d, STATE_FILE), "wb") as f:
                         f.write(_state_bytes(state))
@@ -277,8 +277,8 @@ def train_loop_per_worker(config: dict) -> None:
                         json.dump(history, f)
                     if config.get("model_writer") is not None:
                         _write_model(config["model_writer"], cfg, data, best_state, d, spec)
-                    checkpoint = Checkpoint.from_directory(d)
-                ray.train.report(metrics, checkpoint=checkpoint)
+                # ray.train.report(metrics, checkpoint), which local mode needs help with
+                local_mode.report(config, metrics, d if rank == 0 else None)
         fold_results = done
 
 

@@ -71,3 +71,29 @@ def _dump_params(config: dict, *, directory: str) -> None:
 
 def dumping_params(directory: str):
     return functools.partial(_dump_params, directory=directory)
+
+
+def _raise_at(config: dict, *, call: int) -> None:
+    """Run the real loop, raising in the ``call``-th training epoch (counted from 0 over all
+    folds of this run): a crash of the process that trains, as in local mode."""
+    from distributed import worker
+
+    real = worker.run_epoch
+    calls = [0]
+
+    def run_epoch(*args, **kwargs):
+        if kwargs.get("train"):
+            calls[0] += 1
+            if calls[0] - 1 == call:
+                raise RuntimeError(f"injected crash in training epoch call {call}")
+        return real(*args, **kwargs)
+
+    worker.run_epoch = run_epoch
+    try:
+        worker.train_loop_per_worker(config)
+    finally:
+        worker.run_epoch = real
+
+
+def raising_at(call: int):
+    return functools.partial(_raise_at, call=call)
