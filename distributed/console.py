@@ -92,6 +92,11 @@ def quiet_teardown() -> None:
     sys.unraisablehook = handler
 
 
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 @contextlib.contextmanager
 def capture(log_dir: str, command: str, verbose: bool = False) -> Iterator[Console]:
     """Route this process's output to a log file, our lines to the terminal (see module doc)."""
@@ -118,10 +123,17 @@ def capture(log_dir: str, command: str, verbose: bool = False) -> Iterator[Conso
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     _active = Console(terminal, path)
+    ray_before = _ray_running()
     try:
         yield _active
     finally:
         _active = None
+        if not ray_before and _ray_running():
+            # a Ray instance this run started: stopped while its last log lines (Ray's
+            # "[repeated Nx across cluster]" summaries, flushed at shutdown) still go to the log
+            import ray
+
+            ray.shutdown()
         logging.getLogger().removeHandler(handler)
         sys.stdout.flush()
         sys.stderr.flush()
