@@ -65,10 +65,11 @@ def make_collate(cfg, train: bool, epoch: int, forbidden: frozenset[str] = froze
 
 
 def _read_parts(parts: list, columns: list[str], ids: list[str]):
-    for part in parts:
-        table = shards.read_fold_part(part, columns, ids)
-        if table.num_rows:
-            yield table
+    """One block per read task: its parts' rows as one table (a block per row group would cost
+    Ray Data a round trip each, several times the read itself)."""
+    tables = [t for t in (shards.read_fold_part(p, columns, ids) for p in parts) if t.num_rows]
+    if tables:
+        yield pa.concat_tables(tables)
 
 
 def shard_row_groups(root: str, columns: list[str]) -> list:
@@ -94,11 +95,10 @@ class FoldDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return self.planned_bytes
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-        from ray.data.block import BlockMetadata
-
-        # Consecutive parts (files in id order) go to one task until it holds BLOCK_BYTES: few,
-        # large blocks keep the per-task overhead small against the bytes each task moves.
+    def task_parts(self) -> list[list]:
+        """The plan's parts grouped into read tasks: consecutive parts (files in id order) go to
+        one task until it holds BLOCK_BYTES, so few, large blocks keep the per-task overhead
+        small against the bytes each task moves."""
         tasks, current = [], []
         for part in self.plan:
             current.append(part)
@@ -107,9 +107,14 @@ class FoldDatasource(Datasource):
                 current = []
         if current:
             tasks.append(current)
+        return tasks
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        from ray.data.block import BlockMetadata
+
         columns, ids = self.columns, self.ids
         out = []
-        for parts in tasks:
+        for parts in self.task_parts():
             files = tuple(p.file for p in parts)
             meta = BlockMetadata(
                 num_rows=sum(p.rows for p in parts),
@@ -127,13 +132,30 @@ class FoldDatasource(Datasource):
         return out
 
 
-def fold_dataset(root: str, branch: str, ids: list[str]):
-    """A Ray dataset of the rows of ``ids`` (only the columns training needs)."""
+def read_fold(source: FoldDatasource):
+    """The Ray dataset of a fold's datasource: one block per read task, at most as many read
+    tasks at once as the cluster has CPUs.
+
+    Small CPU shares for the data tasks: next to fractional-CPU Train workers on a small machine,
+    1-CPU read tasks can find no slot and the run hangs silently (see README, 2-CPU machines).
+    But at 0.25 CPU Ray would run 4 tasks per CPU, each in a worker process of its own, and kill
+    the processes beyond one per CPU after a second idle: every epoch then paid their start-up
+    again (a streamed epoch took 5-6 s instead of 0.5-0.7 s in ``benchmarks/feed.py``). Hence
+    the cap on concurrent tasks. ``override_num_blocks`` keeps Ray Data from splitting each
+    task's block into many small ones (its default aims at 200 blocks per dataset)."""
     import ray
 
+    from distributed.common import cluster_cpus
+
+    tasks = max(1, len(source.task_parts()))
+    concurrency = max(1, min(tasks, int(cluster_cpus())))
+    return ray.data.read_datasource(
+        source, num_cpus=DATA_CPUS, concurrency=concurrency, override_num_blocks=tasks
+    )
+
+
+def fold_dataset(root: str, branch: str, ids: list[str]):
+    """A Ray dataset of the rows of ``ids`` (only the columns training needs)."""
     if not ids:
         raise ValueError(f"{root}: empty fold")
-    columns = list(get_branch(branch).columns)
-    # Small CPU shares for the data tasks: next to fractional-CPU Train workers on a small machine,
-    # 1-CPU read tasks can find no slot and the run hangs silently (see README, 2-CPU machines).
-    return ray.data.read_datasource(FoldDatasource(root, columns, ids), num_cpus=DATA_CPUS)
+    return read_fold(FoldDatasource(root, list(get_branch(branch).columns), ids))

@@ -117,10 +117,9 @@ def prepare_datasets(
     :func:`materialize_budget`) is read once into the object store; a larger one streams from
     the shards every epoch, reading only its row groups, shuffled by the workers' bounded
     buffer (``local_shuffle_buffer_size``)."""
-    import ray
     from ray.data import DataContext
 
-    from distributed.data import DATA_CPUS, FoldDatasource, shard_row_groups
+    from distributed.data import FoldDatasource, read_fold, shard_row_groups
 
     budget = materialize_budget() if materialize_bytes is None else materialize_bytes
 
@@ -141,7 +140,7 @@ def prepare_datasets(
         if not ids:
             raise ValueError(f"{root}: empty fold")
         source = FoldDatasource(root, columns, list(ids), groups)
-        ds = ray.data.read_datasource(source, num_cpus=DATA_CPUS)
+        ds = read_fold(source)
         # Small folds are read once into the object store: re-running a streaming read every
         # epoch costs seconds of fixed overhead, more than a small epoch's training.
         return ds.materialize() if source.planned_bytes <= budget else ds
