@@ -23,7 +23,7 @@ from branches import get_branch
 from datasets import shards
 
 DATA_CPUS = 0.25
-BLOCK_BYTES = 32 << 20  # a read task yields blocks of about this many stored bytes
+BLOCK_BYTES = 32 << 20  # a read task reads about this many stored bytes, as one block
 
 
 def arrow_columns(table: pa.Table) -> dict[str, object]:
