@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -247,7 +248,12 @@ def preprocess(args: PreprocessArgs) -> int:
         # One task per planned shard; outputs are tiny summaries, so memory stays bounded by the
         # shards in flight, whatever the dataset size. One progress line (ours, not Ray Data's).
         bar = Bar("preprocessing", sum(len(plan[t["shard"]]) for t in todo))
-        for row in ds.map(run_shard, num_cpus=1, max_retries=2).iter_rows():
+        with warnings.catch_warnings():
+            # max_retries has no named parameter in Ray 2.60's map() (only the deprecated
+            # **ray_remote_args): a task whose worker dies (a decoder crash) is retried twice.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            mapped = ds.map(run_shard, num_cpus=1, max_retries=2)
+        for row in mapped.iter_rows():
             bar.update(int(row["written"]) + int(row["failed"]))
         bar.close()
 
