@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/feed.py          # 3,000 generated clips (16 frames, 32 px), 4x set
     .venv/bin/python benchmarks/feed.py --quick  # 1,000 clips, fewer passes, no 4x memory run
+    .venv/bin/python benchmarks/feed.py --size 112 --clips 1000 --scale 1 --no-step
+                                                 # (a) only, on realistic frames
 
 (a) One epoch of the training feed, forced to stream (materialisation budget 0): the fold's Ray
     dataset (``distributed.trainer.prepare_datasets``) read as a Train worker reads it
@@ -30,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -279,8 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smaller set, fewer passes")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--size", type=int, help="frame side in px (default 32)")
+    parser.add_argument("--clips", type=int, help="clips in the 1x set (default 3000)")
+    parser.add_argument("--scale", type=int, help="(b): the larger set's multiple; 1 skips (b)")
+    parser.add_argument("--no-step", action="store_true", help="skip (c)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    given = {"size": args.size, "clips": args.clips, "scale": args.scale}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    if args.no_step:
+        cfg = replace(cfg, step=False)
     print(f"feed benchmark {'(quick)' if args.quick else ''}: {cfg}")
     print(f"start: {_util.machine_load()}")
     summary = []

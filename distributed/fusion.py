@@ -2,7 +2,7 @@
 
     python -m distributed.fusion --facial-shards DIR --gesture-shards DIR [--folds K] [--inner J]
         [--facial-run RUN --gesture-run RUN] [--workers N] [--storage DIR] [--out DIR]
-        [--rule log|linear] [--smoke]
+        [--rule log|linear] [--smoke] [--verbose]
 
 Items that have both modalities are paired by id (``<label>/<stem>``: preprocess one folder of
 videos once for faces and once with ``--pose mediapipe`` for bodies, or write both sources with
@@ -41,6 +41,8 @@ import numpy as np
 from datasets import shards, storage
 from datasets.manifest import read_manifest, read_protocol
 from datasets.protocols import Protocol
+from distributed import console
+from distributed.console import clock, current, emit
 from distributed.fusion_rules import EPS, RULES, choose_weight, fuse, markdown, pair, scores
 
 __all__ = ["EPS", "RULES", "choose_weight", "fuse", "markdown", "pair", "run_fusion", "scores"]
@@ -198,6 +200,11 @@ def run_fusion(
     runs = {}
     for key, cfg, run in (("face", facial_cfg, facial_run), ("body", gesture_cfg, gesture_run)):
         runs[key] = tuned_configs(run, outers) if run else ({o: cfg for o in outers}, None)
+    splits = sum(1 for s in plan if s["inner"] is not None)
+    for key in ("face", "body"):
+        source = "its search's configs and final models" if runs[key][1] else "a fixed config"
+        emit(f"{key}: {splits} inner splits and {len(outers)} outer folds, {source}")
+    emit(f"training the face branch [elapsed {clock(current().elapsed())}]")
     face = branch_predictions(
         runs["face"][0],
         facial_root,
@@ -206,6 +213,7 @@ def run_fusion(
         final_models=runs["face"][1],
         **kw,
     )
+    emit(f"training the body branch [elapsed {clock(current().elapsed())}]")
     body = branch_predictions(
         runs["body"][0],
         gesture_root,
@@ -290,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gesture-config", help="JSON/YAML TrainConfig overrides (gesture)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for both branches")
     p.add_argument("--smoke", action="store_true", help="tiny models, 2-3 epochs, 1 fold")
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray's and the workers' output on the console"
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")
     return p
@@ -317,21 +328,27 @@ def main(argv: list[str] | None = None) -> int:
         store = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
         out = args.out or storage.join(store, args.name)
         storage.ensure_writable_dir(out, "report folder")
-        init_ray(args.address, args.num_cpus)
-        report = run_fusion(
-            cfgs["facial"],
-            cfgs["gesture"],
-            args.facial_shards,
-            args.gesture_shards,
-            folds=folds,
-            inner=inner,
-            workers=args.workers,
-            storage_path=store,
-            rule=args.rule,
-            name=args.name,
-            facial_run=args.facial_run,
-            gesture_run=args.gesture_run,
-        )
+        local = storage.local_path(out)
+        log_dir = os.path.join(local, "logs") if local else os.path.abspath("logs")
+        with console.capture(log_dir, "fusion", verbose=args.verbose) as con:
+            if con.log_path:
+                con.emit(f"log: {con.log_path} (Ray and workers; --verbose shows them here)")
+            con.emit(f"fusion: {args.facial_shards} + {args.gesture_shards}, rule {args.rule}")
+            init_ray(args.address, args.num_cpus)
+            report = run_fusion(
+                cfgs["facial"],
+                cfgs["gesture"],
+                args.facial_shards,
+                args.gesture_shards,
+                folds=folds,
+                inner=inner,
+                workers=args.workers,
+                storage_path=store,
+                rule=args.rule,
+                name=args.name,
+                facial_run=args.facial_run,
+                gesture_run=args.gesture_run,
+            )
         storage.atomic_write_bytes(
             storage.join(out, "fusion.json"), json.dumps(report, indent=2).encode()
         )

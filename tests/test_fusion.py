@@ -149,7 +149,7 @@ def _fake_run(root, cfg, shards_root, params: dict, epochs: int, outers) -> str:
 
 @pytest.mark.timeout(600)
 def test_fusion_of_tuned_runs_uses_their_configs_and_final_models(paired_shards, tmp_path,
-                                                                  ray_session):  # fmt: skip
+                                                                  ray_session, capfd):  # fmt: skip
     """Per outer fold, each branch's inner predictions come from the config its search chose,
     and its test predictions from the search's final model, not from a retrain."""
     from datasets.manifest import read_manifest
@@ -166,9 +166,19 @@ def test_fusion_of_tuned_runs_uses_their_configs_and_final_models(paired_shards,
         "gesture": _fake_run(tmp_path / "rg", gesture, paired_shards["gesture"], {"width": 4}, 1,
                              [0]),
     }  # fmt: skip
-    report = fusion.run_fusion(facial, gesture, paired_shards["facial"], paired_shards["gesture"],
-                               folds=1, inner=1, storage_path=str(tmp_path / "s"), name="ft",
-                               facial_run=runs["facial"], gesture_run=runs["gesture"])  # fmt: skip
+    # through the CLI, as the README's walk-through runs it (its configs come from the runs)
+    code = fusion.main(["--facial-shards", paired_shards["facial"], "--gesture-shards",
+                        paired_shards["gesture"], "--facial-run", runs["facial"], "--gesture-run",
+                        runs["gesture"], "--folds", "1", "--inner", "1", "--storage",
+                        str(tmp_path / "s"), "--name", "ft"])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "s" / "ft" / "fusion.json").read_text())
+    console = capfd.readouterr().out
+    # our progress lines and the report reach the terminal; Ray's and the workers' go to the log
+    assert "training the body branch" in console and "| fused |" in console, console
+    assert "RayTrainWorker" not in console and "TrainController" not in console, console
+    (log,) = (tmp_path / "s" / "ft" / "logs").glob("fusion-*.log")
+    assert f"log: {log}" in console
     assert report["gesture"]["model"]["width"] == 4 and report["facial"]["lr"] == 0.02
     (fold,) = report["folds"]
     protocol = stored_protocol(paired_shards["facial"])
