@@ -42,7 +42,7 @@ from datasets import shards, storage
 from datasets.manifest import read_manifest, read_protocol
 from datasets.protocols import Protocol
 from distributed import console
-from distributed.console import clock, current, emit
+from distributed.console import clock, current
 from distributed.fusion_rules import EPS, RULES, choose_weight, fuse, markdown, pair, scores
 
 __all__ = ["EPS", "RULES", "choose_weight", "fuse", "markdown", "pair", "run_fusion", "scores"]
@@ -200,11 +200,12 @@ def run_fusion(
     runs = {}
     for key, cfg, run in (("face", facial_cfg, facial_run), ("body", gesture_cfg, gesture_run)):
         runs[key] = tuned_configs(run, outers) if run else ({o: cfg for o in outers}, None)
+    con = current()  # one clock for the lines below, inside or outside a command's capture
     splits = sum(1 for s in plan if s["inner"] is not None)
     for key in ("face", "body"):
         source = "its search's configs and final models" if runs[key][1] else "a fixed config"
-        emit(f"{key}: {splits} inner splits and {len(outers)} outer folds, {source}")
-    emit(f"training the face branch [elapsed {clock(current().elapsed())}]")
+        con.emit(f"{key}: {splits} inner splits and {len(outers)} outer folds, {source}")
+    con.emit(f"training the face branch [elapsed {clock(con.elapsed())}]")
     face = branch_predictions(
         runs["face"][0],
         facial_root,
@@ -213,7 +214,7 @@ def run_fusion(
         final_models=runs["face"][1],
         **kw,
     )
-    emit(f"training the body branch [elapsed {clock(current().elapsed())}]")
+    con.emit(f"training the body branch [elapsed {clock(con.elapsed())}]")
     body = branch_predictions(
         runs["body"][0],
         gesture_root,
