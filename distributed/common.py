@@ -59,7 +59,17 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         # would then never be released.
         port = _free_port()
         code["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(address="local", num_cpus=num_cpus, dashboard_port=port, **kwargs, **code)
+        # Ray 2.60 turns token authentication on for a local instance and logs a WARNING that
+        # it did so at every start; the instance only listens on this machine, so that line is
+        # kept off the console (quiet mode only).
+        auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = auth.level
+        if quiet:
+            auth.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, dashboard_port=port, **kwargs, **code)
+        finally:
+            auth.setLevel(level)
     return ray
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import warnings
@@ -244,6 +245,10 @@ def preprocess(args: PreprocessArgs) -> int:
         ray = init_ray(args.address, args.num_cpus)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+        # ...nor Ray Data's INFO lines, nor its warning that its bars are off (we print our own
+        # progress line); its warnings and errors still reach the console.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         # One task per planned shard; outputs are tiny summaries, so memory stays bounded by the
         # shards in flight, whatever the dataset size. One progress line (ours, not Ray Data's).
