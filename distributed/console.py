@@ -92,6 +92,17 @@ def quiet_teardown() -> None:
     sys.unraisablehook = handler
 
 
+def log_dir_of(root: str, name: str) -> tuple[str, str]:
+    """Where a run's log files go: ROOT/logs (ROOT = STORAGE/NAME), or for remote storage a
+    local ``logs/NAME``, with a note saying so."""
+    from datasets import storage
+
+    local = storage.local_path(root)
+    if local is not None:
+        return os.path.join(local, "logs"), ""
+    return os.path.abspath(os.path.join("logs", name)), " (local: the storage is remote)"
+
+
 def _ray_running() -> bool:
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())

@@ -329,11 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         store = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
         out = args.out or storage.join(store, args.name)
         storage.ensure_writable_dir(out, "report folder")
-        local = storage.local_path(out)
-        log_dir = os.path.join(local, "logs") if local else os.path.abspath("logs")
+        log_dir, note = console.log_dir_of(out, args.name)
         with console.capture(log_dir, "fusion", verbose=args.verbose) as con:
             if con.log_path:
-                con.emit(f"log: {con.log_path} (Ray and workers; --verbose shows them here)")
+                con.emit(f"log: {con.log_path}{note} (Ray and workers; --verbose shows them here)")
             con.emit(f"fusion: {args.facial_shards} + {args.gesture_shards}, rule {args.rule}")
             init_ray(args.address, args.num_cpus)
             report = run_fusion(

@@ -63,15 +63,6 @@ class TuneArgs:
     num_cpus: float | None = None
 
 
-def log_dir_of(root: str, name: str) -> tuple[str, str]:
-    """Where this run's log files go: STORAGE/NAME/logs, or for remote storage a local
-    ``logs/NAME`` (with a note saying so)."""
-    local = storage.local_path(root)
-    if local is not None:
-        return os.path.join(local, "logs"), ""
-    return os.path.abspath(os.path.join("logs", name)), " (local: the storage is remote)"
-
-
 def tune(args: TuneArgs) -> str:
     """Plan and run the search the command line asks for; returns report.md's text."""
     from distributed.search_space import load_space, with_first_point
@@ -105,7 +96,7 @@ def tune(args: TuneArgs) -> str:
         # MLflow 3 keeps its file store (what `mlflow ui --backend-store-uri file:...` reads) in
         # maintenance mode and refuses it unless this is set; a file: URI asks for it plainly.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    log_dir, note = log_dir_of(root, name)
+    log_dir, note = console.log_dir_of(root, name)
     with console.capture(log_dir, "tune", verbose=args.verbose) as con:
         if con.log_path:
             con.emit(f"log: {con.log_path}{note} (Ray, Tune, workers; --verbose shows them here)")
