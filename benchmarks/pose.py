@@ -1,4 +1,4 @@
-"""Pose extraction throughput: a plain loop vs a Ray Data job with 1 and 2 CPUs.
+"""Pose extraction throughput: a plain loop vs Ray tasks on 1 and 2 CPUs.
 
     .venv/bin/python benchmarks/pose.py            # 12 videos x 24 frames, 2 runs per setting
     .venv/bin/python benchmarks/pose.py --quick    # 6 videos, 1 run per setting
@@ -8,12 +8,12 @@ that moves and grows over the clip (as in tests/test_pose.py), written once as M
 Every setting runs ``datasets.pose.pose_from_path`` on the same files (decode + MediaPipe Pose):
 
 - loop: one process, the videos one after another (the baseline);
-- Ray Data, 1 and 2 CPUs: ``from_items(paths)`` (one block per video) ``.map(pose_from_path)``
-  in a subprocess with its own local Ray instance (``distributed.common.init_ray(num_cpus=N)``);
-  the job time runs from building the dataset to the last row back at the driver, Ray already
-  started. Each task runs one video on one CPU: OpenCV is set to one thread and
-  OMP_NUM_THREADS=1 (MediaPipe's CPU graph itself keeps to about one core, see the CPU/wall
-  column of the loop).
+- Ray, 1 and 2 CPUs: one 1-CPU Ray task per video (as ``distributed.preprocess`` runs its
+  shard tasks) in a subprocess with its own local Ray instance
+  (``distributed.common.init_ray(num_cpus=N)``); the job time runs from the first submission to
+  the last result back at the driver, Ray already started. Each task runs one video on one
+  CPU: OpenCV is set to one thread and OMP_NUM_THREADS=1 (MediaPipe's CPU graph itself keeps
+  to about one core, see the CPU/wall column of the loop).
 
 Frames/s = frames / time; the fastest run per setting counts (other users' load only ever slows
 a run down). Ratios are against the loop measured in the same run. The first Ray run of each
@@ -83,7 +83,7 @@ def write_videos(folder: Path, n_videos: int) -> list[str]:
 
 
 def _pose_row(row: dict) -> dict:
-    """Ray Data task: one video -> its frame count and how many frames had a person."""
+    """Ray task: one video -> its frame count and how many frames had a person."""
     cv2.setNumThreads(1)
     seq = pose_from_path(row["path"])
     found = int((seq.confidence > 0).any(axis=1).sum())
@@ -91,15 +91,15 @@ def _pose_row(row: dict) -> dict:
 
 
 def child_main(num_cpus: int, repeats: int, paths: list[str]) -> int:
-    """Subprocess body: a local Ray with ``num_cpus``; the Ray Data job ``repeats`` times."""
+    """Subprocess body: a local Ray with ``num_cpus``; the job of tasks ``repeats`` times."""
     t0 = time.perf_counter()
     ray = _util.start_ray(num_cpus)
     ray_start = time.perf_counter() - t0
+    task = ray.remote(num_cpus=1)(_pose_row)
     jobs, frames, found = [], 0, 0
     for _ in range(repeats):
         t = time.perf_counter()
-        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-        rows = ds.map(_pose_row, num_cpus=1).take_all()
+        rows = ray.get([task.remote({"path": p}) for p in paths])
         jobs.append(time.perf_counter() - t)
         frames, found = sum(r["frames"] for r in rows), sum(r["found"] for r in rows)
     ray.shutdown()
@@ -109,10 +109,10 @@ def child_main(num_cpus: int, repeats: int, paths: list[str]) -> int:
 
 
 def run_ray(num_cpus: int, repeats: int, paths: list[str], scratch: Path) -> dict:
-    """The Ray Data job(s) in a fresh subprocess (own Ray instance); its log in scratch."""
+    """The Ray job(s) in a fresh subprocess (own Ray instance); its log in scratch."""
     cmd = [sys.executable, os.path.abspath(__file__), "_child", str(num_cpus), str(repeats)]
     env = _util.ray_env(scratch)
-    env.update(OMP_NUM_THREADS="1", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    env.update(OMP_NUM_THREADS="1")
     log_path = scratch / f"ray{num_cpus}.log"
     with open(log_path, "w") as log:
         proc = subprocess.run(
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = " ".join(f"{s:.1f}" for s in r["jobs_s"])
         rows.append(
             (
-                f"Ray Data, {n} CPU{'s' if n > 1 else ''}",
+                f"Ray tasks, {n} CPU{'s' if n > 1 else ''}",
                 f"{min(r['jobs_s']):.2f}",
                 f"{fps:.1f}",
                 f"{fps / base_fps:.2f}x",

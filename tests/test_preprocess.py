@@ -1,4 +1,4 @@
-"""The Ray Data preprocessing job end to end: shards, manifest, resume, bad items."""
+"""The preprocessing job (Ray tasks) end to end: shards, manifest, resume, bad items."""
 
 import json
 import os
@@ -135,6 +135,24 @@ def test_bad_items_are_skipped_counted_and_reported(facial_source, tmp_path, ray
     assert "zz2_text.mp4" in captured.out  # the summary lists it
     good = sum(1 for p in facial_source.rglob("*") if p.is_file())
     assert manifest["counts"]["written"] == good and manifest["counts"]["skipped"] == 2
+
+
+def test_a_shard_that_cannot_be_written_stops_the_job_naming_it_and_resume_finishes(
+    gesture_source, tmp_path, ray_session, capsys
+):
+    out = tmp_path / "s"
+    # a folder where shard 1's file must go: its rename fails in the task (not an item's fault)
+    blocker = shards.shard_path(str(out), 1)
+    os.makedirs(blocker)
+    assert _run("gesture", gesture_source, out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {blocker}: this shard failed") and "resumes" in err
+    assert not (out / "manifest.json").exists()
+    os.rmdir(blocker)
+    assert _run("gesture", gesture_source, out) == 0
+    n_items = sum(1 for p in gesture_source.rglob("*") if p.is_file())
+    assert _manifest(out)["counts"]["written"] == n_items
+    assert len(shards.read_table(str(out), columns=["id"])) == n_items
 
 
 def test_nothing_usable_fails(tmp_path, ray_session, capsys):
