@@ -5,11 +5,12 @@
     .venv/bin/python benchmarks/feed.py --size 112 --clips 1000 --scale 1 --no-step
                                                  # (a) only, on realistic frames
 
-(a) One epoch of the training feed, forced to stream (materialisation budget 0): the fold's Ray
-    dataset (``distributed.trainer.prepare_datasets``) read as a Train worker reads it
-    (``iter_torch_batches`` with the branch's training collate, prefetch 2, the bounded local
-    shuffle buffer), against a plain pyarrow read of the same shard files feeding the same
-    collate. Both decode the same rows and sample the same clips; throughput = stored frame bytes
+(a) One epoch of the training feed, forced to stream (materialisation budget 0): the fold
+    (``distributed.trainer.prepare_datasets``, a ``distributed.stream.StreamedFold``) read as a
+    single Train worker reads it (``iter_torch_batches`` with the branch's training collate,
+    prefetch 2, the bounded shuffle buffer; read and collate on the shard's two threads),
+    against a plain pyarrow read of the same shard files feeding the same collate in one
+    thread. Both decode the same rows and sample the same clips; throughput = stored frame bytes
     of the rows delivered / pass time (median of interleaved passes; Ray's start-up is excluded,
     each pass includes the per-epoch cost of starting the streaming read). Also printed: the
     bytes a fold of 1/5 of the rows plans to read against the whole set (row groups skipped from
@@ -116,7 +117,7 @@ def plain_pass(files: list[str], cfg: FeedBench, epoch: int):
 
 
 def ray_pass(ds, cfg: FeedBench, epoch: int, shuffle: bool = True):
-    """The fold's dataset read as ``distributed.worker.run_epoch`` reads it."""
+    """The streamed fold's shard read as ``distributed.worker.run_epoch`` reads it."""
     from distributed.data import make_collate
 
     tcfg = _train_cfg(cfg)
@@ -147,7 +148,7 @@ def streamed_dataset(root: str, ids: list[str]):
     from distributed.trainer import FoldSpec, prepare_datasets
 
     data = prepare_datasets(root, [FoldSpec(tuple(ids), None)], materialize_bytes=0)
-    return data.datasets["train0"]
+    return data.datasets["train0"].shard(0, 1)  # what a single training worker reads
 
 
 def feed_benchmark(root: Path, ids: list[str], cfg: FeedBench) -> tuple[list[tuple], dict]:

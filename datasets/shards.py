@@ -277,6 +277,7 @@ def read_fold_part(
 ) -> pa.Table:
     """The rows of ``ids`` in the planned row groups of one file (only those groups are read).
 
+    ``ids`` may be a ready ``pa.Array`` of strings (a reader of many parts builds it once).
     ``source`` is an open file to read from instead of ``part.file`` (a test counts its bytes)."""
     import pyarrow.compute as pc
 
@@ -287,5 +288,6 @@ def read_fold_part(
             table = pq.ParquetFile(f).read_row_groups(list(part.groups), columns=cols)
     else:
         table = pq.ParquetFile(source).read_row_groups(list(part.groups), columns=cols)
-    keep = pc.is_in(table["id"], value_set=pa.array(sorted(set(ids)), pa.string()))
+    value_set = ids if isinstance(ids, pa.Array) else pa.array(sorted(set(ids)), pa.string())
+    keep = pc.is_in(table["id"], value_set=value_set)
     return table.filter(keep).select(list(columns))

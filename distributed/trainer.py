@@ -114,12 +114,13 @@ def prepare_datasets(
     """Ray datasets for the folds of ``specs`` (``train0``, ``val0``, ...).
 
     A fold whose planned row groups hold at most ``materialize_bytes`` stored bytes (default:
-    :func:`materialize_budget`) is read once into the object store; a larger one streams from
-    the shards every epoch, reading only its row groups, shuffled by the workers' bounded
-    buffer (``local_shuffle_buffer_size``)."""
+    :func:`materialize_budget`) is read once into the object store; a larger one is a
+    :class:`distributed.stream.StreamedFold`: the workers read their share of its row groups
+    from the shards every epoch, shuffled in a bounded buffer."""
     from ray.data import DataContext
 
     from distributed.data import FoldDatasource, read_fold, shard_row_groups
+    from distributed.stream import StreamedFold
 
     budget = materialize_budget() if materialize_bytes is None else materialize_bytes
 
@@ -136,21 +137,21 @@ def prepare_datasets(
     columns = list(get_branch(manifest.kind).columns)
     groups = shard_row_groups(root, columns)  # footers read once for every fold
 
-    def dataset(ids):
+    def dataset(ids, split: bool):
         if not ids:
             raise ValueError(f"{root}: empty fold")
-        source = FoldDatasource(root, columns, list(ids), groups)
-        ds = read_fold(source)
-        # Small folds are read once into the object store: re-running a streaming read every
-        # epoch costs seconds of fixed overhead, more than a small epoch's training.
-        return ds.materialize() if source.planned_bytes <= budget else ds
+        streamed = StreamedFold.plan(groups, columns, ids, split)
+        if streamed.planned_bytes > budget:
+            return streamed  # read by the workers themselves, every epoch
+        # Small folds are read once into the object store (a Ray dataset, split by Ray Train).
+        return read_fold(FoldDatasource(root, columns, list(ids), groups)).materialize()
 
     datasets, folds = {}, []
     for j, spec in enumerate(specs):
-        datasets[f"train{j}"] = dataset(spec.train)
+        datasets[f"train{j}"] = dataset(spec.train, split=True)
         entry = {"train": f"train{j}", "val": None, "fold": spec.trained_on.to_json()}
         if spec.val:
-            datasets[f"val{j}"] = dataset(spec.val)
+            datasets[f"val{j}"] = dataset(spec.val, split=False)
             entry["val"] = f"val{j}"
         folds.append(entry)
     return FoldData(root, manifest, datasets, folds, frozenset(forbidden))
@@ -211,13 +212,17 @@ def fit_folds(
             resources_per_worker=per_worker,
             placement_strategy=resources.placement_strategy,
         )
-    datasets = data.datasets
+    from distributed.stream import StreamedFold
+
+    streamed = {k: v for k, v in data.datasets.items() if isinstance(v, StreamedFold)}
+    datasets = {k: v for k, v in data.datasets.items() if k not in streamed}
+    loop_config["streamed"] = streamed  # the workers read these folds themselves
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
-        datasets=datasets,
+        datasets=datasets or None,
         # Validation splits are not split across workers: each worker scores every row, exactly.
         dataset_config=DataConfig(
             datasets_to_split=[k for k in datasets if k.startswith("train")],

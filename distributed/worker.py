@@ -194,8 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
             )
             best_state = resume["best_state"]
         resume = None
-        train_shard = ray.train.get_dataset_shard(spec["train"])
-        val_shard = ray.train.get_dataset_shard(spec["val"]) if spec.get("val") else None
+        train_shard = _dataset_shard(config, spec["train"], ctx)
+        val_shard = _dataset_shard(config, spec["val"], ctx) if spec.get("val") else None
 
         for epoch in range(start_epoch, cfg.epochs):
             t0, wait = time.perf_counter(), [0.0]
@@ -280,6 +280,17 @@ def train_loop_per_worker(config: dict) -> None:
                 # ray.train.report(metrics, checkpoint), which local mode needs help with
                 local_mode.report(config, metrics, d if rank == 0 else None)
         fold_results = done
+
+
+def _dataset_shard(config: dict, key: str, ctx):
+    """This worker's part of a fold: a streamed fold is read by the workers themselves
+    (``distributed.stream``), a materialised one comes from Ray Train's dataset split."""
+    import ray.train
+
+    streamed = config.get("streamed") or {}
+    if key in streamed:
+        return streamed[key].shard(ctx.get_world_rank(), ctx.get_world_size())
+    return ray.train.get_dataset_shard(key)
 
 
 def _write_model(

@@ -15,6 +15,7 @@ from datasets import shards
 from datasets.manifest import read_manifest, read_protocol
 from distributed.config import default_config
 from distributed.data import RayCollate, make_collate
+from distributed.stream import StreamedFold
 from distributed.trainer import FoldSpec, materialize_budget, prepare_datasets
 
 pytestmark = pytest.mark.timeout(240)
@@ -136,18 +137,18 @@ def test_streamed_fold_gives_the_rows_of_the_materialised_one(gesture_shards, ra
     spec = FoldSpec(split.train, split.val)
     streamed = prepare_datasets(gesture_shards, [spec], test_ids, materialize_bytes=0)
     held = prepare_datasets(gesture_shards, [spec], test_ids, materialize_bytes=float("inf"))
-    assert not isinstance(streamed.datasets["train0"], MaterializedDataset)
+    assert isinstance(streamed.datasets["train0"], StreamedFold)
     assert isinstance(held.datasets["train0"], MaterializedDataset)
     cfg = default_config("gesture", batch_size=5)
     for epoch in (0, 1):
-        a = _epoch_rows(streamed.datasets["train0"], cfg, epoch)
+        a = _epoch_rows(streamed.datasets["train0"].shard(0, 1), cfg, epoch)
         b = _epoch_rows(held.datasets["train0"], cfg, epoch)
         assert a == b
         assert [r[0] for r in a] == sorted(split.train)  # every row once, no other row
     # the forbidden-id guard still fires on a streamed fold
     one = frozenset([sorted(split.train)[3]])
     with pytest.raises(Exception, match=sorted(one)[0]):
-        _epoch_rows(streamed.datasets["train0"], cfg, 0, forbidden=one)
+        _epoch_rows(streamed.datasets["train0"].shard(0, 1), cfg, 0, forbidden=one)
 
 
 def test_budget_comes_from_the_argument_the_environment_or_two_gib(monkeypatch):
