@@ -7,11 +7,15 @@ S3-compatible server vs the same files on local disk, measured side by side in o
 The same facial shard files (synthetic smooth uint8 frames, zstd Parquet, 16 rows per file) are
 written to a local folder and to a bucket of moto's S3 server, which runs in its own process on
 127.0.0.1 (``AWS_ENDPOINT_URL`` and dummy credentials in the environment, set before Ray starts
-so its workers see them). Two readers, each on both stores, passes interleaved:
+so its workers see them). Three readers, each on both stores, passes interleaved:
 
-- the training path: ``distributed.data.fold_dataset`` (Ray Data ``read_parquet`` of the shard
-  files, the fold's rows kept by id) -> ``iter_torch_batches`` with the facial branch's training
-  collate (clip sampling on uint8 frames), every row of the set in the fold;
+- the streamed training path (a fold over the materialisation budget): the fold's plan from the
+  files' footers, then one worker's ``distributed.stream`` reader (planned row groups, shuffle
+  buffer, the facial branch's training collate: clip sampling on uint8 frames), every row of
+  the set in the fold;
+- the read of a fold under the budget: ``distributed.data.fold_dataset`` (Ray Data read tasks
+  over the planned row groups) -> ``iter_torch_batches`` with the same collate (training reads
+  such a fold once, then from the object store);
 - the transport alone: each shard file's bytes fetched with ``datasets.storage.read_bytes`` and
   decoded with plain pyarrow, in this process.
 
@@ -138,6 +142,31 @@ def fold_pass(root: str, ids: list[str], cfg: StorageBench) -> tuple[float, int,
     return time.perf_counter() - t0, n, check
 
 
+def streamed_pass(root: str, ids: list[str], cfg: StorageBench) -> tuple[float, int, int]:
+    """(seconds, rows, checksum) of one pass of a streamed fold as one training worker reads it
+    (``distributed.stream``: the footers, then the planned row groups, read by the worker)."""
+    from branches import get_branch
+    from distributed.config import default_config
+    from distributed.data import make_collate, shard_row_groups
+    from distributed.stream import StreamedFold
+
+    model_cfg = default_config("facial", clips=2, frames=2)
+    columns = list(get_branch("facial").columns)
+    t0 = time.perf_counter()
+    fold = StreamedFold.plan(shard_row_groups(root, columns), columns, ids, split=True)
+    n = check = 0
+    for b in fold.shard(0, 1).iter_torch_batches(
+        batch_size=cfg.batch,
+        collate_fn=make_collate(model_cfg, True, 0),
+        prefetch_batches=2,
+        local_shuffle_buffer_size=4 * cfg.batch,
+        local_shuffle_seed=0,
+    ):
+        n += b["y"].shape[0]
+        check += int(b["y"].sum())
+    return time.perf_counter() - t0, n, check
+
+
 def plain_pass(root: str) -> tuple[float, int, int]:
     """(seconds, rows, checksum) of fetching and decoding every shard file in this process."""
     import pyarrow as pa
@@ -204,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: StorageBench, ids: list[str], stored: int, local: str, remote: str) -> list[tuple]:
     readers = {
-        "training path: fold_dataset -> iter_torch_batches (facial collate)": (
+        "streamed fold, one worker's reader (folds over the budget)": (
+            lambda root: streamed_pass(root, ids, cfg)
+        ),
+        "Ray Data read: fold_dataset -> iter_torch_batches (folds under the budget)": (
             lambda root: fold_pass(root, ids, cfg)
         ),
         "transport: storage.read_bytes + pyarrow decode": plain_pass,

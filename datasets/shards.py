@@ -290,4 +290,6 @@ def read_fold_part(
         table = pq.ParquetFile(source).read_row_groups(list(part.groups), columns=cols)
     value_set = ids if isinstance(ids, pa.Array) else pa.array(sorted(set(ids)), pa.string())
     keep = pc.is_in(table["id"], value_set=value_set)
+    if pc.all(keep).as_py():  # every row is the fold's: no filtered copy of the payloads
+        return table.select(list(columns))
     return table.filter(keep).select(list(columns))

@@ -1,4 +1,5 @@
-"""Shards -> Ray Data datasets per fold, and Ray's wrapper around the branches' collates.
+"""Shards -> Ray Data datasets per fold (folds under the materialisation budget, read once;
+larger ones stream through ``distributed.stream``), and Ray's wrapper around the collates.
 
 Frames stay uint8 until they reach the worker's device; clips are sampled per epoch by the
 branch's collate (random for training, deterministic for evaluation); gesture representations
@@ -140,7 +141,8 @@ def read_fold(source: FoldDatasource):
     1-CPU read tasks can find no slot and the run hangs silently (see README, 2-CPU machines).
     But at 0.25 CPU Ray would run 4 tasks per CPU, each in a worker process of its own, and kill
     the processes beyond one per CPU after a second idle: every epoch then paid their start-up
-    again (a streamed epoch took 5-6 s instead of 0.5-0.7 s in ``benchmarks/feed.py``). Hence
+    again (when large folds still streamed through Ray Data, an epoch of ``benchmarks/feed.py``
+    took 5-6 s instead of 0.5-0.7 s). Hence
     the cap on concurrent tasks. ``override_num_blocks`` keeps Ray Data from splitting each
     task's block into many small ones (its default aims at 200 blocks per dataset)."""
     import ray

@@ -3,19 +3,20 @@
 A streamed fold is its plan (:func:`datasets.shards.fold_plan`: the row groups of each shard file
 that hold the fold's rows) and its ids; it crosses to the workers inside the loop's config. Every
 epoch each worker reads its share of the plan's parts straight from the shard folder (a path or
-a bucket), filters the fold's rows, shuffles them in a bounded buffer and collates batches, on two
-background threads (read, then shuffle + collate) with a few batches of look-ahead. Nothing
-passes through the object store, and no Ray Data job starts per epoch: ``benchmarks/feed.py``
-measured Ray Data's streamed pass at 41-64% of a plain pyarrow read of the same files.
+a bucket), keeps the fold's rows, shuffles them in a bounded buffer and collates batches. Two
+background threads do it (reading, with ``READ_AHEAD`` parts fetched at once to hide an object
+store's latency; then shuffle + collate), a few batches ahead of the training step. Nothing passes
+through the object store and no Ray Data job starts per epoch (``benchmarks/feed.py`` measured
+Ray Data's streamed pass at 41-64% of a plain pyarrow read of the same files).
 
-Training folds are split across workers the way Ray Train splits a dataset (equal shares, the
-remainder of fewer than one row per worker left out of the epoch): every epoch the parts are put
-in an order drawn from the epoch's seed, the same on every worker, and worker ``r`` of ``w``
-takes rows ``[r n, (r + 1) n)`` of that sequence, ``n = rows // w`` (a part on a boundary is read
-by both of its workers, each keeping its own rows). Equal shares keep DDP's steps in lockstep;
-the plan's row counts make them exact (they are checked when the plan is made, and again as
-each part is read). Validation folds are read whole by every worker, in plan order. Memory is
-bounded by two parts, the shuffle buffer and the look-ahead batches, whatever the fold's size.
+Training folds are split across workers in equal shares, as Ray Train splits a dataset: every
+epoch the parts are put in an order drawn from the epoch's seed (the same on every worker), and
+worker ``r`` of ``w`` takes rows ``[r n, (r + 1) n)`` of that sequence, ``n = rows // w``; the
+``rows % w`` rows left over sit that epoch out, and a part on a boundary is read by both of its
+workers, each keeping its own rows. Equal shares keep DDP's steps in lockstep; the plan's row
+counts make them exact (checked when the plan is made, and again as each part is read).
+Validation folds are read whole by every worker, in plan order. Memory is bounded by
+``READ_AHEAD`` + 2 parts, the shuffle buffer and the look-ahead batches, whatever the fold's size.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from datasets import shards
 from distributed.data import arrow_columns
 
 _DONE = object()
+READ_AHEAD = 3  # parts fetched at once by a worker's reader
 
 
 @dataclass(frozen=True)
@@ -141,18 +143,34 @@ class _Pipeline:
                 continue
         return False
 
+    def _read_one(self, part: shards.FoldPart, lo: int, hi: int, value_set) -> pa.Table:
+        table = shards.read_fold_part(part, self.fold.columns, value_set)
+        if table.num_rows != part.rows:  # the plan's counts keep the shares equal
+            raise RuntimeError(
+                f"{part.file}: {table.num_rows} of the fold's rows in its planned row "
+                f"groups, the plan counted {part.rows} (was the file rewritten?)"
+            )
+        return table.slice(lo, hi - lo)
+
     def _read(self) -> None:
+        """Parts in order, READ_AHEAD of them fetched at once (an object store's latency)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         try:
             value_set = pa.array(self.fold.ids, pa.string())
-            for part, lo, hi in self.slices:
-                table = shards.read_fold_part(part, self.fold.columns, value_set)
-                if table.num_rows != part.rows:  # the plan's counts keep the shares equal
-                    raise RuntimeError(
-                        f"{part.file}: {table.num_rows} of the fold's rows in its planned row "
-                        f"groups, the plan counted {part.rows} (was the file rewritten?)"
-                    )
-                if hi > lo and not self._put(self.tables, table.slice(lo, hi - lo)):
-                    return
+            with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="fold-fetch") as pool:
+                pending = []
+                for args in self.slices:
+                    pending.append(pool.submit(self._read_one, *args, value_set))
+                    if len(pending) < READ_AHEAD:
+                        continue
+                    if not self._put(self.tables, pending.pop(0).result()):
+                        break
+                while pending and not self.stop.is_set():
+                    if not self._put(self.tables, pending.pop(0).result()):
+                        break
+                for f in pending:
+                    f.cancel()
             self._put(self.tables, _DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
             self._put(self.tables, err)

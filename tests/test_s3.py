@@ -224,3 +224,31 @@ def test_an_unusable_object_store_ends_in_one_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {root}/"), (name, err)
         assert expect in err[0], (name, err)
+
+
+def test_a_streamed_fold_reads_from_the_bucket_what_it_reads_from_disk(s3_gesture, gesture_shards):
+    from branches import get_branch
+    from distributed.data import shard_row_groups
+    from distributed.stream import StreamedFold
+
+    columns = list(get_branch("gesture").columns)
+    protocol = read_protocol(gesture_shards, read_manifest(gesture_shards))[1]
+    ids = protocol.fold(0).inner[0].train
+
+    def epoch(root, rank):
+        fold = StreamedFold.plan(shard_row_groups(root, columns), columns, ids, split=True)
+        rows = []
+        for b in fold.shard(rank, 2).iter_torch_batches(
+            batch_size=4,
+            collate_fn=lambda batch: [
+                (str(i), bytes(j)) for i, j in zip(batch["id"], batch["joints"])
+            ],
+            local_shuffle_buffer_size=8,
+            local_shuffle_seed=5,
+        ):
+            rows += b
+        return rows
+
+    for rank in (0, 1):
+        local, remote = epoch(gesture_shards, rank), epoch(s3_gesture, rank)
+        assert remote == local and len(local) == len(ids) // 2
