@@ -140,11 +140,11 @@ def prepare_datasets(
     def dataset(ids, split: bool):
         if not ids:
             raise ValueError(f"{root}: empty fold")
-        streamed = StreamedFold.plan(groups, columns, ids, split)
-        if streamed.planned_bytes > budget:
-            return streamed  # read by the workers themselves, every epoch
+        source = FoldDatasource(root, columns, list(ids), groups)
+        if source.planned_bytes > budget:  # read by the workers themselves, every epoch
+            return StreamedFold.plan(groups, columns, ids, split)
         # Small folds are read once into the object store (a Ray dataset, split by Ray Train).
-        return read_fold(FoldDatasource(root, columns, list(ids), groups)).materialize()
+        return read_fold(source).materialize()
 
     datasets, folds = {}, []
     for j, spec in enumerate(specs):
