@@ -173,7 +173,8 @@ def plain_main(argv: list[str]) -> int:
     import cv2
 
     from branches import get_branch
-    from distributed.preprocess import PreprocessArgs, build_parser, plan_shards, scan
+    from distributed.preprocess import PreprocessArgs, build_parser, scan
+    from distributed.shard_tasks import plan_shards
 
     args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
     branch = get_branch(args.branch)

@@ -10,6 +10,7 @@ import pytest
 from datasets import manifest as manifest_mod
 from datasets import shards
 from distributed import preprocess
+from distributed.shard_tasks import SUMMARY_SUFFIX
 from tests.conftest import stored_protocol
 
 pytestmark = pytest.mark.timeout(300)
@@ -93,11 +94,11 @@ def test_resume_keeps_finished_shards_and_leaves_no_duplicates(
     first = shards.read_table(str(out)).sort_by("id")
     files = shards.shard_files(str(out))
     assert len(files) >= 3
-    kept = files[:-1] + [f + preprocess.SUMMARY_SUFFIX for f in files[:-1]]
+    kept = files[:-1] + [f + SUMMARY_SUFFIX for f in files[:-1]]
     kept_mtimes = [os.stat(f).st_mtime_ns for f in kept]
     # Simulate an interrupted run: one shard lost with its summary, a torn temporary left behind.
     os.remove(files[-1])
-    os.remove(files[-1] + preprocess.SUMMARY_SUFFIX)
+    os.remove(files[-1] + SUMMARY_SUFFIX)
     (out / ".tmp-123-shard-00001.parquet").write_bytes(b"torn")
     assert _run("gesture", gesture_source, out) == 0
     again = shards.read_table(str(out)).sort_by("id")
