@@ -30,8 +30,16 @@ def git_commit() -> str:
     return (sha or "unknown") + ("+dirty" if sha and dirty else "")
 
 
-def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True):
+def init_ray(
+    address: str | None = None,
+    num_cpus: float | None = None,
+    quiet: bool = True,
+    log_to_driver: bool = True,
+):
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a fresh local instance.
+
+    ``log_to_driver=False`` keeps the workers' own output (native libraries' warnings) in Ray's
+    worker log files instead of forwarding it to this process's console.
 
     A local instance gets this repository on its workers' ``PYTHONPATH`` (the packages are not
     installed into site-packages, see README); on a cluster, ``ray job submit --working-dir .``
@@ -43,6 +51,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"logging_level": logging.WARNING} if quiet else {}
+    kwargs["log_to_driver"] = log_to_driver
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     code = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
     if address:

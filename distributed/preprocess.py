@@ -178,7 +178,10 @@ def preprocess(args: PreprocessArgs) -> int:
     ]
     print(f"{len(items)} items in {len(plan)} shards; {len(done)} already done, {len(todo)} to do")
     if todo:
-        init_ray(args.address, args.num_cpus)
+        # The tasks' own output (MediaPipe's and the decoders' native warnings, several lines a
+        # video) stays in Ray's worker logs; our progress line and summary are the console. A
+        # failing shard still reaches it, through the task's exception (run_tasks).
+        init_ray(args.address, args.num_cpus, log_to_driver=False)
         bar = Bar("preprocessing", sum(len(plan[t["shard"]]) for t in todo))
         for row in run_tasks(todo):
             bar.update(int(row["written"]) + int(row["failed"]))
