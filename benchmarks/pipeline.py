@@ -1,6 +1,6 @@
 """Preprocessing benchmark (issues 4, 15): ratios, each measured side by side in one run.
 
-The training feed (Ray Data vs plain pyarrow) is ``benchmarks/feed.py``.
+The training feed (a streamed fold vs plain pyarrow) is ``benchmarks/feed.py``.
 
     .venv/bin/python benchmarks/pipeline.py          # N = 8 videos, 10N = 80, 16 frames, S = 224
     .venv/bin/python benchmarks/pipeline.py --quick  # 8-frame videos, 3 Ray jobs instead of 4
