@@ -11,8 +11,8 @@
     prefetch 2, the bounded shuffle buffer; read and collate on the shard's two threads),
     against a plain pyarrow read of the same shard files feeding the same collate in one
     thread. Both decode the same rows and sample the same clips; throughput = stored frame bytes
-    of the rows delivered / pass time (median of interleaved passes; Ray's start-up is excluded,
-    each pass includes the per-epoch cost of starting the streaming read). Also printed: the
+    of the rows delivered / pass time (median of interleaved passes; each streamed pass includes
+    the per-epoch cost of starting the reader's threads). Also printed: the
     bytes a fold of 1/5 of the rows plans to read against the whole set (row groups skipped from
     their ``id`` statistics).
 (b) Peak memory of a streamed training epoch at 1x and 4x the set: a fresh process (its own Ray)
@@ -116,7 +116,7 @@ def plain_pass(files: list[str], cfg: FeedBench, epoch: int):
             yield fn(arrow_columns(pa.Table.from_batches([rb])))
 
 
-def ray_pass(ds, cfg: FeedBench, epoch: int, shuffle: bool = True):
+def streamed_pass(ds, cfg: FeedBench, epoch: int, shuffle: bool = True):
     """The streamed fold's shard read as ``distributed.worker.run_epoch`` reads it."""
     from distributed.data import make_collate
 
@@ -159,14 +159,14 @@ def feed_benchmark(root: Path, ids: list[str], cfg: FeedBench) -> tuple[list[tup
     plan_s = time.perf_counter() - t0
     readers = {
         "plain pyarrow -> training collate (baseline)": lambda e: plain_pass(files, cfg, e),
-        "streamed fold -> iter_torch_batches, shuffle buffer (training path)": lambda e: ray_pass(
-            ds, cfg, e
+        "streamed fold -> iter_torch_batches, shuffle buffer (training path)": lambda e: (
+            streamed_pass(ds, cfg, e)
         ),
-        "streamed fold -> iter_torch_batches, no shuffle buffer": lambda e: ray_pass(
+        "streamed fold -> iter_torch_batches, no shuffle buffer": lambda e: streamed_pass(
             ds, cfg, e, shuffle=False
         ),
     }
-    for make in readers.values():  # warm the page cache and Ray's workers
+    for make in readers.values():  # warm the page cache
         consume(make(0), row_bytes)
     passes: dict[str, list[tuple]] = {k: [] for k in readers}
     for r in range(cfg.repeats):
@@ -217,7 +217,7 @@ def child_main(root: str, cfg_json: str) -> int:
     w = torch.randn(3, 8)
     t0 = time.perf_counter()
     rows = 0
-    for b in ray_pass(ds, cfg, 0):
+    for b in streamed_pass(ds, cfg, 0):
         x = b["x"].float().mean(dim=(1, 2, 4, 5))  # (B, 3): a stand-in for the model's step
         _ = (x @ w).sum()
         rows += x.shape[0]

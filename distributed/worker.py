@@ -148,7 +148,8 @@ def _state_bytes(obj) -> bytes:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point. ``config`` holds plain values only (it crosses processes)."""
+    """Ray Train entry point. ``config`` crosses processes: plain values, and the plans of
+    streamed folds (``distributed.stream.StreamedFold``, frozen dataclasses of plain values)."""
     import ray.train
     import ray.train.torch
 
