@@ -18,6 +18,7 @@ from branches.base import Branch, DataInfo, Demo, check_allowed
 from datasets import shards
 from datasets.items import JOINT_EXTENSIONS, GestureOptions, process_gesture_item
 from datasets.records import BadInput, SourceItem
+from datasets.representations import host_check
 
 HEADS = ("fused",)
 
@@ -94,6 +95,8 @@ class GestureCollate:
             "joints": torch.from_numpy(padded),
             "lengths": torch.from_numpy(lengths),
             "y": torch.as_tensor(batch["label"].astype(np.int64)),
+            # checked here, on the feed's thread: the device builds the maps without read-backs
+            "all_finite": host_check(padded, lengths),
         }
 
 
@@ -186,13 +189,15 @@ class GestureBranch(Branch):
         from datasets.representations import build_representation
 
         return build_representation(
-            batch["joints"].to(device, non_blocking=True),
-            batch["lengths"].to(device),
+            batch["joints"],
+            batch["lengths"],
             cfg.representation,
             cfg.rep_size,
             cfg.rep_length,
             weight=cfg.joint_weight,
             normalise=cfg.normalise,
+            device=device,
+            all_finite=batch.get("all_finite"),  # set by GestureCollate's host-side check
         )
 
     def in_channels(self, cfg: GestureModelConfig, data: DataInfo) -> int:

@@ -96,16 +96,17 @@ def representation_shape(
     return (batch, representation_channels(kind, num_joints), size, last)
 
 
-def resample_indices(lengths: torch.Tensor, length: int) -> torch.Tensor:
+def resample_indices(lengths: torch.Tensor, length: int, checked: bool = False) -> torch.Tensor:
     """Frame indices (B, L) int64 that resample each sequence of ``lengths`` (B,) to ``length``.
 
     n >= L: ``floor(i * n / L)`` (exact integer arithmetic); n < L: ``min(i, n - 1)``, i.e. the
-    sequence followed by copies of its last frame.
+    sequence followed by copies of its last frame. ``checked``: every length is known to be
+    >= 1 (checked on the host), so nothing is read back from the device.
     """
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     n = lengths.to(torch.int64).unsqueeze(1)  # (B, 1)
-    if bool((n < 1).any()):
+    if not checked and bool((n < 1).any()):
         raise ValueError("every sequence needs at least one frame")
     i = torch.arange(length, device=lengths.device, dtype=torch.int64).unsqueeze(0)  # (1, L)
     spread = torch.div(i * n, length, rounding_mode="floor")  # (B, L)
@@ -130,13 +131,14 @@ def resample(joints: torch.Tensor, lengths: torch.Tensor, length: int) -> torch.
 # ``valid`` is a (J, N) mask of the joints with finite x and y, or None when all of them are.
 
 
-def _valid_joints(q: torch.Tensor) -> torch.Tensor | None:
-    """(J, N) mask of the joints of q (2, J, N) with finite coordinates, or None if all are."""
-    # One reduction answers the common case: a sum is finite only if every term is (a sum that
-    # overflows to inf just takes the exact path below).
-    if bool(torch.isfinite(q.sum())):
-        return None
-    return torch.isfinite(q).all(dim=0)
+def _valid_joints(q: torch.Tensor, all_finite: bool | None = None) -> torch.Tensor | None:
+    """(J, N) mask of the joints of q (2, J, N) with finite coordinates, or None if all are
+    (``all_finite``: already known, e.g. checked on the host; no device read then)."""
+    if all_finite is None:
+        # One reduction answers the common case: a sum is finite only if every term is (a sum
+        # that overflows to inf just takes the exact path below).
+        all_finite = bool(torch.isfinite(q.sum()))
+    return None if all_finite else torch.isfinite(q).all(dim=0)
 
 
 def _frame_min_max(q: torch.Tensor, valid: torch.Tensor | None):
@@ -149,15 +151,17 @@ def _frame_min_max(q: torch.Tensor, valid: torch.Tensor | None):
     return lo, hi
 
 
-def _pixels_reference(q: torch.Tensor, valid: torch.Tensor | None, size: int, border: int):
-    """q (2, J, N) float -> pixels (2, J, N) int64 by the reference's rule (invalid joints: 0)."""
+def _pixels_reference(
+    q: torch.Tensor, valid: torch.Tensor | None, size: int, border: int, checked: bool = False
+):
+    """q (2, J, N) float -> pixels (2, J, N) int64 by the reference's rule (invalid joints: 0);
+    ``checked``: the coordinates' magnitude was checked already (on the host)."""
     if not q.is_floating_point():
         q = q.to(torch.float64)
     if valid is not None:
         q = q.masked_fill(~valid, 0.0)  # no NaN left
-    q_lo, q_hi = torch.aminmax(q)
-    if bool((q_hi >= _COORD_LIMIT) | (q_lo <= -_COORD_LIMIT)):
-        raise ValueError("joint coordinates must be below 2**50 in magnitude")
+    if not checked:
+        _check_magnitude(q)
     p = torch.trunc(q)  # p = int(q): truncation toward zero, exact in q's own float type
     lo, hi = _frame_min_max(p, valid)  # (2, 1, N) each
     lo, hi = lo.to(torch.float64), hi.to(torch.float64)
@@ -203,11 +207,36 @@ def _check_normalise(size: int, margin: int, normalise: str) -> None:
         raise ValueError(f"size {size} leaves no room for a margin of {margin}")
 
 
-def _pixels(q: torch.Tensor, size: int, margin: int, normalise: str):
-    """q (2, J, N) -> (pixels (2, J, N) int64, valid (J, N) bool or None: all valid)."""
-    valid = _valid_joints(q)
+def host_check(joints_padded: np.ndarray, lengths: np.ndarray) -> bool:
+    """The checks of :func:`build_representation` on a host batch (numpy): raises what it would
+    raise; returns whether every coordinate is finite (its ``all_finite``)."""
+    xy = joints_padded[..., :2]
+    if lengths.size and (lengths.min() < 1 or lengths.max() > xy.shape[1]):
+        raise ValueError(f"every length must be in [1, {xy.shape[1]}], got {lengths.tolist()}")
+    finite = np.isfinite(xy)
+    all_finite = bool(finite.all())
+    values = xy if all_finite else xy[finite]
+    if values.size and np.abs(values).max() >= _COORD_LIMIT:
+        raise ValueError("joint coordinates must be below 2**50 in magnitude")
+    return all_finite
+
+
+def _check_magnitude(q: torch.Tensor) -> None:
+    """Refuse coordinates the reference's integer rule cannot represent (NaN-free ``q``)."""
+    q_lo, q_hi = torch.aminmax(q)
+    if bool((q_hi >= _COORD_LIMIT) | (q_lo <= -_COORD_LIMIT)):
+        raise ValueError("joint coordinates must be below 2**50 in magnitude")
+
+
+def _pixels(
+    q: torch.Tensor, size: int, margin: int, normalise: str, all_finite: bool | None = None
+):
+    """q (2, J, N) -> (pixels (2, J, N) int64, valid (J, N) bool or None: all valid).
+    ``all_finite`` known (True/False): the input was checked on the host, nothing is read back."""
+    valid = _valid_joints(q, all_finite)
     if normalise == "reference":
-        return _pixels_reference(q, valid, size, margin), valid
+        checked = all_finite is not None
+        return _pixels_reference(q, valid, size, margin, checked), valid
     return _pixels_fit(q, valid, size, margin), valid
 
 
@@ -308,8 +337,11 @@ def build_representation(
     *,
     out: torch.Tensor | None = None,
     normalise: str = "reference",
+    device: torch.device | str | None = None,
+    all_finite: bool | None = None,
 ) -> torch.Tensor:
-    """Padded joints (B, Tmax, J, D>=2) + lengths (B,) -> float32 maps on the input's device.
+    """Padded joints (B, Tmax, J, D>=2) + lengths (B,) -> float32 maps on ``device`` (default:
+    the input's device).
 
     ``kind``: "timeline" (B, 2J, S, L), "timeline_single" (B, 2, S, L) or "potion" (B, J, S, S),
     with S = ``size`` and L = ``length``; ``weight``: "index" (w_j = j + 1, the reference) or "one";
@@ -318,6 +350,11 @@ def build_representation(
     ``out``: an optional contiguous float32 tensor of the output's shape
     (:func:`representation_shape`) on the input's device, zeroed, filled and returned (reuse one
     across batches to skip allocating). See the module docstring for the exact rules.
+
+    ``device``: build the maps there (the input is copied without blocking). ``all_finite``:
+    the caller checked the input on the host (every length in [1, Tmax], every coordinate below
+    2**50 in magnitude) and says whether every coordinate is finite; nothing is then read back
+    from the device (a GPU would wait for each read; :func:`host_check` does the checks).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown representation kind {kind!r}; choose one of {KINDS}")
@@ -325,17 +362,21 @@ def build_representation(
         raise ValueError(f"joints must be (B, T, J, D>=2), got {tuple(joints_padded.shape)}")
     _check_normalise(size, margin, normalise)
     B, Tmax, J, _ = joints_padded.shape
-    dev = joints_padded.device
-    lengths = torch.as_tensor(lengths, device=dev)
+    lengths = torch.as_tensor(lengths, device=joints_padded.device)
     if lengths.shape != (B,):
         raise ValueError(f"lengths must be ({B},), got {tuple(lengths.shape)}")
-    if bool((lengths > Tmax).any()):
-        raise ValueError(f"a length exceeds the padded time axis ({Tmax})")
+    if all_finite is None:  # not checked by the caller: check here (reads the input's values)
+        if bool((lengths > Tmax).any()):
+            raise ValueError(f"a length exceeds the padded time axis ({Tmax})")
+    if device is not None:
+        joints_padded = joints_padded.to(device, non_blocking=True)
+        lengths = lengths.to(device, non_blocking=True)
+    dev = joints_padded.device
     w = _joint_weights(J, weight, dev) if kind != "potion" else None
-    idx = resample_indices(lengths, length)  # (B, L)
+    idx = resample_indices(lengths, length, checked=all_finite is not None)  # (B, L)
     src = joints_padded[..., :2].permute(3, 2, 0, 1)  # (2, J, B, Tmax), a view
     q = torch.gather(src, 3, idx.view(1, 1, B, length).expand(2, J, B, length))  # (2, J, B, L)
-    pix, valid = _pixels(q.reshape(2, J, B * length), size, margin, normalise)
+    pix, valid = _pixels(q.reshape(2, J, B * length), size, margin, normalise, all_finite)
     pix = pix.view(2, J, B, length)
     valid = None if valid is None else valid.view(J, B, length)
     if kind == "potion":
@@ -348,6 +389,7 @@ __all__ = [
     "NORMALISATIONS",
     "WEIGHTS",
     "build_representation",
+    "host_check",
     "normalise_frames",
     "representation_channels",
     "representation_shape",

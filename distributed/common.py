@@ -117,6 +117,19 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def node_gpus() -> list[float]:
+    """GPUs of each node of the cluster that is up now."""
+    import ray
+
+    return [float(n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+
+
 def print_table(rows: list[tuple], header: tuple) -> str:
     """A plain-text table (returned and printed)."""
     cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]

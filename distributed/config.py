@@ -18,7 +18,8 @@ from pathlib import Path
 
 from branches import get_branch
 
-CONFIG_SCHEMA = 2
+CONFIG_SCHEMA = 3  # 3: ``precision`` replaces schema 2's ``amp`` (read and converted)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 class ConfigError(ValueError):
@@ -32,7 +33,10 @@ class TrainConfig:
     Optimisation: ``optimizer`` "sgd" (faces, the paper) or "adam" (bodies, the paper, with
     StepLR(step_size, gamma)); ``precise_bn`` recomputes BatchNorm statistics on the training
     split before each validation and before the model is saved; ``select_metric`` ("uar" or
-    "war") picks the best epoch on validation; ``amp`` is used on GPU only.
+    "war") picks the best epoch on validation; ``batch_size`` is the global batch, split over the
+    workers (see ``distributed.loop``); ``precision`` "auto" trains in bf16 on GPUs that support
+    it, fp16 with a gradient scaler on older GPUs and fp32 on the CPU ("fp32", "fp16", "bf16"
+    force one; the CPU runs fp16 and bf16 too, slowly).
     """
 
     branch: str
@@ -48,7 +52,7 @@ class TrainConfig:
     precise_bn: bool = True
     select_metric: str = "uar"
     seed: int = 0
-    amp: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         b = get_branch(self.branch)
@@ -56,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"model must be a {b.config_type.__name__}, got {self.model!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.select_metric not in ("uar", "war"):
             raise ConfigError(f"select_metric must be uar or war, got {self.select_metric!r}")
         for name in ("epochs", "batch_size", "step_size"):
@@ -99,6 +105,9 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys fail, naming the key and ``where``."""
         obj = dict(obj)
         schema = obj.pop("schema", None)
+        if schema == 2:  # mixed precision was a switch (on: the GPU default, off: fp32)
+            obj["precision"] = "auto" if obj.pop("amp", True) else "fp32"
+            schema = CONFIG_SCHEMA
         if schema != CONFIG_SCHEMA:
             raise ConfigError(f"{where}: config schema {schema!r}, this code reads {CONFIG_SCHEMA}")
         b = get_branch(obj.get("branch", ""))

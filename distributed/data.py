@@ -14,38 +14,18 @@ are handed over as zero-copy numpy views (Ray's numpy batches copy every payload
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.data.datasource import Datasource, ReadTask
 
 from branches import get_branch
 from datasets import shards
+from distributed.stream import arrow_columns
 
 DATA_CPUS = 0.25
 BLOCK_BYTES = 32 << 20  # a read task reads about this many stored bytes, as one block
-
-
-def arrow_columns(table: pa.Table) -> dict[str, object]:
-    """An Arrow batch as the dict of columns a branch collate takes, without copying payloads.
-
-    Binary columns become lists of uint8 views into Arrow's buffers, strings and numbers numpy
-    arrays (what Ray's numpy batches hold, less the per-row ``bytes`` copies)."""
-    out: dict[str, object] = {}
-    for name in table.column_names:
-        col = table.column(name)
-        if pa.types.is_large_binary(col.type) or pa.types.is_binary(col.type):
-            width = np.int64 if pa.types.is_large_binary(col.type) else np.int32
-            views = []
-            for chunk in col.chunks:
-                offsets = np.frombuffer(chunk.buffers()[1], width)[chunk.offset :]
-                data = np.frombuffer(chunk.buffers()[2], np.uint8)
-                views += [data[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
-            out[name] = views
-        else:
-            out[name] = col.to_numpy()
-    return out
 
 
 class RayCollate(ArrowBatchCollateFn):
@@ -59,10 +39,37 @@ class RayCollate(ArrowBatchCollateFn):
 
 
 def make_collate(cfg, train: bool, epoch: int, forbidden: frozenset[str] = frozenset()):
-    """The branch's collate for ``cfg``, wrapped for ``iter_torch_batches``."""
+    """The branch's collate for ``cfg``, wrapped for a Ray dataset's ``iter_torch_batches``."""
     fn = get_branch(cfg.branch).collate(cfg.model, train=train, seed=cfg.seed, epoch=epoch,
                                         forbidden=forbidden)  # fmt: skip
     return RayCollate(fn)
+
+
+class RayShard:
+    """A Ray dataset iterator (a worker's split, or a whole materialised fold) iterated the way
+    ``distributed.loop`` iterates every shard: with a plain collate callable."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def iter_torch_batches(self, *, collate_fn, **kwargs):
+        # batches stay on the host (pinned by the loop's collate on GPUs); the loop moves them
+        return self.iterator.iter_torch_batches(
+            collate_fn=RayCollate(collate_fn), device="cpu", **kwargs
+        )
+
+
+@dataclass(frozen=True)
+class RayFold:
+    """A fold materialised in Ray's object store, for a host that reads it in its own process
+    (``distributed.local_mode``): :meth:`shard` has the interface of a streamed fold's."""
+
+    dataset: object
+
+    def shard(self, rank: int = 0, world: int = 1) -> RayShard:
+        if world != 1:
+            raise ValueError("a materialised fold is split across workers by Ray Train")
+        return RayShard(self.dataset.iterator())
 
 
 def _read_parts(parts: list, columns: list[str], ids: list[str]):

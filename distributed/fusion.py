@@ -52,7 +52,7 @@ def _keep_models_callback(out_dir: str, epochs: int):
     """A Ray Train controller callback copying each split's final model file to ``out_dir``."""
     from ray.train import UserCallback
 
-    from distributed.worker import MODEL_FILE
+    from distributed.loop import MODEL_FILE
 
     class KeepSplitModels(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):

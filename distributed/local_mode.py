@@ -1,56 +1,35 @@
-"""Ray Train's local mode (``ScalingConfig(num_workers=0)``) with what it leaves to the caller.
+"""Hosts of the training loop in the calling process: a plain run, and a Ray Tune function trial.
 
-In local mode Ray 2.60 runs the training function in the calling process: the same
-``ray.train`` calls work (``get_context``, ``get_dataset_shard`` returns the whole dataset,
-``report``), but no worker group is started (about 0.2 s instead of 15-30 s per fit). It also
-leaves out three things the worker-group path does for us, which this module supplies:
+``LocalHost`` runs ``distributed.loop.train_folds`` in this process, on one device, with no
+process group: ``train --local``, the final retrain of a search whose trials are local, and
+``benchmarks/gpu.py`` (which has no Ray). It keeps its own checkpoints on the run's storage,
+``STORAGE/NAME/checkpoint_NNNNNN`` (a path or a bucket; the newest :data:`KEEP`, each marked
+whole by a file written last), and a re-run of the same run continues from the newest one.
 
-- **checkpoints**: ``ray.train.report`` only keeps a reference to the checkpoint's directory
-  (a temporary one in our loop), nothing is written to the run's storage. Here each reported
-  checkpoint is copied to ``STORAGE/NAME/checkpoint_NNNNNN`` (the last two are kept, as on the
-  worker group), a marker file written last says it is whole;
-- **resume**: ``ray.train.get_checkpoint()`` is always None at the start. The newest whole
-  checkpoint under ``STORAGE/NAME`` is returned instead, so a re-run of the same fit (a restored
-  Tune trial, ``distributed.train`` again with the same ``--out``/``--name``) continues where it
-  stopped, as a worker group restores from its checkpoint-manager snapshot;
-- **Tune**: inside a Tune trial Ray 2.60 refuses ``ray.train.get_context``, ``get_checkpoint``
-  and ``report`` ("deprecated when running in a function passed to Ray Tune"), also in local
-  mode and also where Ray itself calls them (``prepare_model``); and run-config callbacks
-  (``TuneReportCallback``) are never called. :func:`tune_session_set_aside` therefore tells
-  Ray's check that the thread running a local fit is not in a Tune session (the loop then uses
-  the plain ``ray.train`` calls, as on a worker group; the trial's session stays in place for
-  Tune's own thread), and :func:`report` passes each report on to the trial's session with the
-  metrics and ``checkpoint_path`` that ``TuneReportCallback`` would send. It replaces one
-  internal of Ray (``ray.tune.trainable.trainable_fn_utils._in_tune_session``, looked up at
-  each call by Ray's check) by a thread-aware wrapper: pinned by ``ray==2.60.*`` and covered by
-  the tests that run searches.
+``TuneTrialHost`` is the same loop inside a Ray Tune function trial (one-worker trials): each
+epoch goes to Tune with Tune's own ``ray.tune.report`` (metrics, and a checkpoint that Tune
+stores in the trial's folder), and a restarted trial resumes from ``ray.tune.get_checkpoint()``.
 
-There are no Train-level retries in local mode (``FailureConfig`` is not used): a crash ends the
-fit and a re-run resumes from the last checkpoint. Multi-worker DDP stays on the worker group.
+This module imports no Ray: the Tune host imports it when it is used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import posixpath
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pyarrow.fs as pafs
+import torch
 
 from datasets import storage
+from distributed.loop import load_state
 
-LOCAL_KEY = "local_mode"  # in the loop config: {"dir": STORAGE/NAME, "tune": bool}
 COMPLETE = ".complete"
 KEEP = 2
 PREFIX = "checkpoint_"
 
 
-def loop_settings(storage_path: str, name: str, in_tune: bool) -> dict:
-    return {"dir": storage.join(storage_path, name), "tune": in_tune}
-
-
-def _checkpoints(root: str) -> list[tuple[int, str]]:
+def checkpoints(root: str) -> list[tuple[int, str]]:
     """(index, inner path) of the whole checkpoints under ``root``, oldest first."""
     fs, inner = storage.resolve(root)
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
@@ -68,66 +47,11 @@ def _checkpoints(root: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _checkpoint(fs, path: str):
-    from ray.train import Checkpoint
-
-    return Checkpoint(path, filesystem=fs)
-
-
-_aside = threading.local()  # .on: this thread runs a local fit inside a Tune trial
-
-
-def _install_check() -> None:
-    from ray.tune.trainable import trainable_fn_utils as fn_utils
-
-    original = fn_utils._in_tune_session
-    if getattr(original, "_emovis", False):
-        return
-
-    def in_tune_session() -> bool:
-        return False if getattr(_aside, "on", False) else original()
-
-    in_tune_session._emovis = True
-    fn_utils._in_tune_session = in_tune_session
-
-
-@contextlib.contextmanager
-def tune_session_set_aside() -> Iterator[None]:
-    """Inside a Tune trial: this thread's local-mode fit is not "in Tune" (see module doc)."""
-    _install_check()
-    _aside.on = True
-    try:
-        yield
-    finally:
-        _aside.on = False
-
-
-def _report_to_tune(metrics: dict) -> None:
-    from ray.train._internal.session import get_session
-
-    get_session().report(metrics)
-
-
-def get_checkpoint(config: dict):
-    """``ray.train.get_checkpoint()``, or in local mode the newest whole saved checkpoint."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    local = config.get(LOCAL_KEY)
-    if ckpt is not None or not local:
-        return ckpt
-    found = _checkpoints(local["dir"])
-    if not found:
-        return None
-    fs, _ = storage.resolve(local["dir"])
-    return _checkpoint(fs, found[-1][1])
-
-
-def persist(directory: str, root: str):
+def persist(directory: str, root: str) -> str:
     """Copy a checkpoint directory to ``root/checkpoint_NNNNNN`` (marker last), drop all but the
-    newest ``KEEP``; returns the stored Checkpoint."""
+    newest ``KEEP``; returns the stored checkpoint's inner path on ``root``'s filesystem."""
     fs, inner = storage.resolve(root)
-    found = _checkpoints(root)
+    found = checkpoints(root)
     index = found[-1][0] + 1 if found else 0
     dest = posixpath.join(inner, f"{PREFIX}{index:06d}")
     fs.create_dir(dest, recursive=True)
@@ -138,22 +62,79 @@ def persist(directory: str, root: str):
         f.write(b"")
     for _, old in found[: max(0, len(found) + 1 - KEEP)]:
         fs.delete_dir(old)
-    return _checkpoint(fs, dest)
+    return dest
 
 
-def report(config: dict, metrics: dict, directory: str | None) -> None:
-    """``ray.train.report(metrics, checkpoint)``; in local mode the checkpoint is stored first
-    and, inside a Tune trial, the report is passed on to Tune."""
-    import ray.train
-    from ray.train import Checkpoint
+def _state_at(fs, path: str) -> dict:
+    """The training state of a stored checkpoint (a local folder or one on a bucket)."""
+    from distributed.loop import STATE_FILE
 
-    local = config.get(LOCAL_KEY)
-    if not local:
-        checkpoint = Checkpoint.from_directory(directory) if directory else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-        return
-    checkpoint = persist(directory, local["dir"]) if directory else None
-    ray.train.report(metrics, checkpoint=checkpoint)
-    if local.get("tune"):
-        extra = {"checkpoint_path": checkpoint.path} if checkpoint is not None else {}
-        _report_to_tune({**metrics, **extra})
+    with fs.open_input_file(posixpath.join(path, STATE_FILE)) as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
+class LocalHost:
+    """The loop in this process: world size 1, one device, checkpoints under ``run_dir``."""
+
+    rank, world = 0, 1
+
+    def __init__(
+        self,
+        datasets: dict,
+        run_dir: str | None,
+        device: str | torch.device = "cpu",
+        on_report: Callable[[dict], None] | None = None,
+    ):
+        self.datasets, self.run_dir = datasets, run_dir
+        self.device = torch.device(device)
+        self.on_report = on_report
+        self.history: list[dict] = []
+        self.checkpoint: str | None = None  # inner path of the newest stored checkpoint
+        self.filesystem = storage.resolve(run_dir)[0] if run_dir else None
+
+    def shard(self, key: str):
+        """The whole fold: a streamed one's reader, or a materialised one's iterator
+        (``distributed.data.RayFold``)."""
+        return self.datasets[key].shard(0, 1)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def restore(self) -> dict | None:
+        if not self.run_dir:
+            return None
+        found = checkpoints(self.run_dir)
+        if not found:
+            return None
+        self.checkpoint = found[-1][1]
+        return _state_at(self.filesystem, self.checkpoint)
+
+    def report(self, metrics: dict, directory: str | None) -> None:
+        if directory is not None and self.run_dir:
+            self.checkpoint = persist(directory, self.run_dir)
+        self.history.append(metrics)
+        if self.on_report is not None:
+            self.on_report(metrics)
+
+
+class TuneTrialHost(LocalHost):
+    """The loop inside a Ray Tune function trial: reports and checkpoints go through Tune."""
+
+    def __init__(self, datasets: dict, device: str | torch.device = "cpu"):
+        super().__init__(datasets, None, device)
+
+    def restore(self) -> dict | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return load_state(d)
+
+    def report(self, metrics: dict, directory: str | None) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(directory) if directory else None
+        self.history.append(metrics)
+        tune.report(metrics, checkpoint=checkpoint)

@@ -34,6 +34,14 @@ def _csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _precision(precision: str, gpus: float) -> str:
+    if gpus:
+        return precision + (
+            " (bf16 where the GPU supports it, else fp16)" if precision == "auto" else ""
+        )
+    return f"{precision} on CPUs: fp32" if precision == "auto" else precision
+
+
 def write_results(
     root: str,
     *,
@@ -47,8 +55,11 @@ def write_results(
     finals,
     seconds: float,
     commit: str,
+    workers: int = 1,
+    gpus: float = 0.0,
 ) -> str:
-    """Write every result file under ``root/results`` and return report.md's text."""
+    """Write every result file under ``root/results`` and return report.md's text
+    (``workers``, ``gpus``: each fit's workers and GPUs per worker, stated in the report)."""
     out = storage.join(root, "results")
     metric = "cv_metric"
     classes = list(manifest.classes)
@@ -102,6 +113,9 @@ def write_results(
         f"all, {stopped} stopped early; selection metric: inner validation "
         f"{base.select_metric.upper()} (mean over inner splits)",
         f"- model: `{base.model.name}`, git commit `{commit}`, {seconds / 60:.1f} min",
+        f"- training: batch {base.batch_size} per step over {workers} worker(s) "
+        f"({base.batch_size // workers} each), learning rate as configured (not scaled with "
+        f"workers), precision {_precision(base.precision, gpus)}",
         "",
         "## Result (outer test folds, never seen by the search)",
         "",

@@ -79,28 +79,49 @@ def outer_test_ids(plan: SearchPlan, outer: int) -> frozenset[str]:
     return frozenset(plan.protocol.fold(outer).test)
 
 
+def feedback_cap(samples: int) -> int:
+    """Trials run at once by default: a quarter of the budget (at least 1), so that TPE proposes
+    most points knowing how earlier ones did (with every trial at once it learns nothing)."""
+    return max(1, -(-samples // 4))
+
+
 def plan_concurrency(
     total_cpus: float,
     workers: int,
     cpus_per_worker: float,
     wanted: int | None,
     autoscaling: bool = False,
+    *,
+    total_gpus: float = 0.0,
+    gpus_per_worker: float = 0.0,
+    samples: int | None = None,
 ) -> int:
-    """Trials that fit at once, keeping one CPU for Ray Data tasks (avoids the 2-CPU hang).
+    """Trials that fit at once: by CPUs (keeping one for Ray Data's tasks: the 2-CPU hang) and,
+    when trials use GPUs, by GPUs (fractions included: two trials of 0.5 GPU share one); capped
+    by ``wanted`` (``--max-concurrent``) or else by :func:`feedback_cap` of ``samples``.
 
-    On a cluster that autoscales from zero (``autoscaling``), the CPUs up now say nothing about
-    what will come: ``wanted`` (or 1) trials are started and wait for the autoscaler's nodes.
+    On a cluster that autoscales (``autoscaling``), the resources up now say nothing about what
+    will come: the cap alone decides, and trials wait for the autoscaler's nodes.
     """
+    workers = max(workers, 1)
+    cap = wanted or (feedback_cap(samples) if samples else None)
     per_trial = workers * cpus_per_worker + DRIVER_CPU
     fit = int((total_cpus - 1.0) // per_trial)
+    what = f"a trial needs {per_trial:.2f} CPUs plus 1 for data loading"
+    have = f"the cluster has {total_cpus:g} CPUs"
+    if gpus_per_worker > 0:
+        per_gpu = workers * gpus_per_worker
+        by_gpu = int(total_gpus / per_gpu + 1e-9)
+        if by_gpu < fit:
+            fit = by_gpu
+            what, have = f"a trial needs {per_gpu:g} GPUs", f"the cluster has {total_gpus:g}"
+    if autoscaling:
+        return cap or max(fit, 1)
     if fit < 1:
-        if autoscaling:
-            return wanted or 1
         raise UsageError(
-            f"a trial needs {per_trial:.2f} CPUs plus 1 for data loading, the cluster has "
-            f"{total_cpus:g}; lower --workers-per-trial or --cpus-per-worker"
+            f"{what}, {have}; lower --workers-per-trial, --cpus-per-worker or --gpus-per-worker"
         )
-    return min(fit, wanted) if wanted else fit
+    return min(fit, cap) if cap else fit
 
 
 def trial_driver(
@@ -112,7 +133,8 @@ def trial_driver(
     train_storage: str,
     data: FoldData,
 ) -> None:
-    """Tune function trainable: one configuration on every inner split, one TorchTrainer fit.
+    """Tune function trainable: one configuration on every inner split, in one fit (in this
+    trial's process for one-worker trials, else one TorchTrainer fit).
 
     ``data`` holds the inner folds' datasets, read once by the driver for all trials."""
     from ray import tune
@@ -221,6 +243,8 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             name=name,
             storage_path=root,
             verbose=plan.verbose,
+            # in-process trials report their checkpoints to Tune: the newest two are kept
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[
                 LedgerCallback(ledger, asha, n_inner),
                 *search_events.callbacks(plan, outer),
@@ -312,6 +336,8 @@ def run_search(plan: SearchPlan) -> str:
         finals=finals,
         seconds=time.time() - t0,
         commit=git_commit(),
+        workers=max(plan.resources.workers, 1),
+        gpus=plan.resources.gpus,
     )
 
 

@@ -7,7 +7,7 @@ import torch
 
 from branches import DataInfo, get_branch
 from distributed.config import TrainConfig
-from distributed.metrics import confusion, uar, war
+from distributed.metrics import uar, war
 
 
 def build(cfg: TrainConfig, data: DataInfo, pretrained: bool = True) -> torch.nn.Module:
@@ -34,38 +34,76 @@ def loss_of(cfg: TrainConfig, outputs: dict[str, torch.Tensor], y: torch.Tensor)
 
 
 class EpochStats:
-    """Loss sum and one confusion matrix per head, summable across workers."""
+    """Loss sum and one confusion matrix per head, kept on the model's device and summed over the
+    workers once per epoch.
 
-    def __init__(self, heads: tuple[str, ...], num_classes: int):
+    Nothing here waits for the device during an epoch: the loss is summed as a tensor and each
+    head's predictions go into a confusion matrix with ``bincount`` on the device. The one
+    host-device sync is :meth:`all_reduce` (or :meth:`metrics`) at the end of the epoch, and the
+    tensor handed to the collective lives on ``device`` (NCCL has no CPU tensors).
+    """
+
+    def __init__(self, heads: tuple[str, ...], num_classes: int, device="cpu"):
         self.heads, self.k = heads, num_classes
-        self.loss_sum, self.count = 0.0, 0
-        self.cms = {h: np.zeros((num_classes, num_classes), np.int64) for h in heads}
+        self.device = torch.device(device)
+        self.count = 0
+        self._loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        # (heads, K*K) counts; float64 so that one tensor carries everything through all_reduce
+        self._cms = torch.zeros(
+            (len(heads), num_classes**2), dtype=torch.float64, device=self.device
+        )
+        self._host = None  # (loss_sum, cms) read back once
 
-    def add(self, loss: float, outputs: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor | float, outputs: dict[str, torch.Tensor], y: torch.Tensor):
         n = int(y.shape[0])
-        self.loss_sum += loss * n
         self.count += n
-        yt = y.detach().cpu().numpy()
-        for h in self.heads:
-            pred = outputs[h].detach().argmax(dim=1).cpu().numpy()
-            self.cms[h] += confusion(yt, pred, self.k)
+        self._loss += torch.as_tensor(loss, device=self.device).detach().double() * n
+        y = y.to(self.device)
+        for i, h in enumerate(self.heads):
+            pred = outputs[h].detach().argmax(dim=1).to(self.device)
+            self._cms[i] += torch.bincount(y * self.k + pred, minlength=self.k**2).double()
+        self._host = None
 
     def all_reduce(self) -> None:
-        """Sum over the DDP group (no-op when not distributed)."""
+        """Sum over the process group (no-op without one): one collective of one tensor on this
+        worker's device (also in a group of one, so that path is the same for every size)."""
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not (dist.is_available() and dist.is_initialized()):
             return
-        flat = np.concatenate(
-            [[self.loss_sum, self.count]] + [self.cms[h].ravel() for h in self.heads]
+        flat = torch.cat(
+            [
+                torch.stack([self._loss, torch.tensor(float(self.count), **self._like())]),
+                self._cms.ravel(),
+            ]
         )
-        t = torch.tensor(flat, dtype=torch.float64)
-        dist.all_reduce(t)
-        v = t.numpy()
-        self.loss_sum, self.count = float(v[0]), int(round(v[1]))
-        for i, h in enumerate(self.heads):
-            block = v[2 + i * self.k**2 : 2 + (i + 1) * self.k**2]
-            self.cms[h] = np.rint(block).astype(np.int64).reshape(self.k, self.k)
+        dist.all_reduce(flat)
+        self._loss = flat[0].clone()
+        self.count = int(round(float(flat[1])))
+        self._cms = flat[2:].reshape(len(self.heads), self.k**2).clone()
+        self._host = None
+
+    def _like(self) -> dict:
+        return {"dtype": torch.float64, "device": self.device}
+
+    def _read(self):
+        if self._host is None:
+            loss = float(self._loss)  # the epoch's one host-device sync
+            cms = np.rint(self._cms.cpu().numpy()).astype(np.int64)
+            self._host = (
+                loss,
+                {h: cms[i].reshape(self.k, self.k) for i, h in enumerate(self.heads)},
+            )
+        return self._host
+
+    @property
+    def loss_sum(self) -> float:
+        return self._read()[0]
+
+    @property
+    def cms(self) -> dict[str, np.ndarray]:
+        """Each head's confusion matrix (rows = true class) on the host."""
+        return self._read()[1]
 
     def metrics(self, prefix: str, head: str = "fused") -> dict[str, float]:
         """Loss, WAR and UAR of every head, and ``{prefix}_war/uar`` of the predicting ``head``."""

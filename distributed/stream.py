@@ -15,7 +15,9 @@ worker ``r`` of ``w`` takes rows ``[r n, (r + 1) n)`` of that sequence, ``n = ro
 ``rows % w`` rows left over sit that epoch out, and a part on a boundary is read by both of its
 workers, each keeping its own rows. Equal shares keep DDP's steps in lockstep; the plan's row
 counts make them exact (checked when the plan is made, and again as each part is read).
-Validation folds are read whole by every worker, in plan order. Memory is bounded by
+Validation folds are partitioned, in plan order: worker ``r`` scores rows
+``[r N // w, (r + 1) N // w)`` and the counts are summed once per epoch, so every row is scored
+exactly once whatever the number of workers. Memory is bounded by
 ``READ_AHEAD`` + 2 parts, the shuffle buffer and the look-ahead batches, whatever the fold's size.
 """
 
@@ -30,7 +32,28 @@ import numpy as np
 import pyarrow as pa
 
 from datasets import shards
-from distributed.data import arrow_columns
+
+
+def arrow_columns(table: pa.Table) -> dict[str, object]:
+    """An Arrow batch as the dict of columns a branch collate takes, without copying payloads.
+
+    Binary columns become lists of uint8 views into Arrow's buffers, strings and numbers numpy
+    arrays (what Ray's numpy batches hold, less the per-row ``bytes`` copies)."""
+    out: dict[str, object] = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_large_binary(col.type) or pa.types.is_binary(col.type):
+            width = np.int64 if pa.types.is_large_binary(col.type) else np.int32
+            views = []
+            for chunk in col.chunks:
+                offsets = np.frombuffer(chunk.buffers()[1], width)[chunk.offset :]
+                data = np.frombuffer(chunk.buffers()[2], np.uint8)
+                views += [data[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
+            out[name] = views
+        else:
+            out[name] = col.to_numpy()
+    return out
+
 
 _DONE = object()
 READ_AHEAD = 3  # parts fetched at once by a worker's reader
@@ -65,10 +88,12 @@ class StreamedFold:
         return sum(p.nbytes for p in self.parts)
 
     def shard(self, rank: int = 0, world: int = 1) -> StreamedShard:
-        """What worker ``rank`` of ``world`` reads (the whole fold if it is not split)."""
+        """What worker ``rank`` of ``world`` reads: an equal share of a training fold, or of a
+        validation fold an exact part (every row read by exactly one worker; the parts' sizes
+        differ by at most one row, and the counts are summed over workers once per epoch)."""
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} of {world} workers")
-        return StreamedShard(self, rank, world) if self.split else StreamedShard(self, 0, 1)
+        return StreamedShard(self, rank, world)
 
 
 class StreamedShard:
@@ -87,8 +112,11 @@ class StreamedShard:
             order = np.random.default_rng(seed).permutation(len(parts))
             parts = [parts[i] for i in order]
         total = sum(p.rows for p in parts)
-        per = total // self.world
-        lo, hi = self.rank * per, (self.rank + 1) * per
+        if self.fold.split:  # equal shares: DDP steps in lockstep, the remainder sits out
+            per = total // self.world
+            lo, hi = self.rank * per, (self.rank + 1) * per
+        else:  # a partition: every row scored once
+            lo, hi = self.rank * total // self.world, (self.rank + 1) * total // self.world
         out, start = [], 0
         for part in parts:
             end = start + part.rows
@@ -108,7 +136,7 @@ class StreamedShard:
     ) -> Iterator:
         """Batches of this worker's rows through ``collate_fn`` (a callable on a dict of columns,
         or a :class:`distributed.data.RayCollate`), the way Ray's ``iter_torch_batches`` is
-        called in ``distributed.worker``. With a shuffle buffer the parts' order and the rows'
+        called in ``distributed.loop``. With a shuffle buffer the parts' order and the rows'
         order come from ``local_shuffle_seed``; without one, rows come in plan order."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

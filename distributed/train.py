@@ -7,9 +7,10 @@
 validation split. Without ``--inner`` the model trains on the whole outer training fold for E
 epochs and the last epoch is kept: nothing is ever selected on the outer test fold, which only
 ``python -m distributed.evaluate`` reads. Re-running with the same ``--out`` and ``--name``
-resumes from the latest checkpoint. ``--local`` (or ``--workers 0``) runs the same loop through
-Ray Train's local mode in this process, without a worker group: seconds faster, and ``pdb``
-(``python -m pdb -m distributed.train ... --local``) steps through it.
+resumes from the latest checkpoint. ``--local`` (or ``--workers 0``) runs the same loop in this
+process, without a worker group: seconds faster, on this machine's GPU with ``--gpu``, and
+``pdb`` (``python -m pdb -m distributed.train ... --local``) steps through it. ``batch_size`` is
+the batch of one step over all ``--workers`` (each takes batch_size // workers rows).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def config_from(args: TrainArgs) -> TrainConfig:
 
 def train(args: TrainArgs):
     """Train one fold as the command line says; returns (Fit, model file path, config)."""
-    from distributed.common import init_ray
+    from distributed.common import init_ray, node_gpus
     from distributed.trainer import (
         Resources,
         export_model,
@@ -86,13 +87,17 @@ def train(args: TrainArgs):
         materialize_budget,
         outer_fold_spec,
         prepare_datasets,
+        trial_placement,
     )
 
     if args.workers < 0:
         raise cli.UsageError(f"--workers must be >= 0 (0: --local), got {args.workers}")
     local = args.local or args.workers == 0
     if local and args.gpu:
-        raise cli.UsageError("--local (or --workers 0) runs on the CPU; drop --gpu or --local")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise cli.UsageError("--gpu with --local: this machine has no CUDA device")
     try:
         budget = materialize_budget(args.materialize_gib)
     except ValueError as err:
@@ -112,7 +117,12 @@ def train(args: TrainArgs):
     init_ray(args.address, args.num_cpus)
     test_ids = frozenset(protocol.fold(args.fold).test)
     data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
-    resources = Resources(0 if local else args.workers, args.gpu, args.cpus_per_worker)
+    gpus = 1.0 if args.gpu else 0.0
+    autoscaling = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    placement, note = trial_placement(0 if local else args.workers, gpus, node_gpus(), autoscaling)
+    if note:
+        print(f"placement: {note}", flush=True)
+    resources = Resources(0 if local else args.workers, gpus, args.cpus_per_worker, placement)
     fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
     return fit, export_model(fit, storage.join(out, name, "model.pt")), cfg
 
@@ -132,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--local",
         action="store_true",
-        help="Ray Train local mode: the loop runs in this process (no worker group; pdb works)",
+        help="the loop runs in this process (no worker group; pdb works)",
     )
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, mixed precision")
+    p.add_argument(
+        "--gpu", action="store_true", help="one GPU per worker (NCCL; the config's precision)"
+    )
     p.add_argument("--cpus-per-worker", type=float, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument(

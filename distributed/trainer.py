@@ -7,8 +7,10 @@ fixed cost of a worker group is paid once per fit, not once per fold.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +23,14 @@ from datasets.protocols import Protocol
 from distributed.checkpoint import TrainedOn
 from distributed.common import cluster_cpus, git_commit
 from distributed.config import TrainConfig
-from distributed.worker import HISTORY_FILE, MODEL_FILE, train_loop_per_worker
+from distributed.loop import (
+    CHECKPOINT_EVERY,
+    HISTORY_FILE,
+    MODEL_FILE,
+    process_group_backend,
+    train_folds,
+)
+from distributed.worker import train_loop_per_worker
 
 MATERIALIZE_GIB = 2.0  # default budget: folds up to this many stored bytes are materialised
 MATERIALIZE_ENV = "EMOVIS_MATERIALIZE_GIB"
@@ -52,22 +61,36 @@ class FoldSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """Workers of a fit: how many, GPU or not, CPUs each (None: leave one CPU for Ray Data).
+    """Workers of a fit: how many, GPUs and CPUs each (CPUs None: leave one CPU for Ray Data).
 
-    ``workers=0`` is Ray Train's local mode: the loop runs in the calling process (one
-    "worker", no DDP, no worker group; see ``distributed.local_mode``)."""
+    ``workers=0`` runs the loop in the calling process (``distributed.local_mode``: one worker,
+    no process group, no worker group), on the GPU when ``gpus`` > 0. ``gpus`` may be a
+    fraction: workers of several fits then share one GPU."""
 
     workers: int = 1
-    use_gpu: bool = False
+    gpus: float = 0.0
     cpus_per_worker: float | None = None
     placement_strategy: str = "PACK"
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.gpus < 0:
+            raise ValueError(f"GPUs per worker must be >= 0, got {self.gpus}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"CPUs per worker must be > 0, got {self.cpus_per_worker}")
 
     @property
     def local(self) -> bool:
         return self.workers == 0
 
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
     def per_worker(self) -> dict:
-        """CPU share per worker that leaves a CPU for Ray Data's read tasks (the 2-CPU hang)."""
+        """CPU share per worker that leaves a CPU for Ray Data's read tasks (the 2-CPU hang),
+        and the worker's GPUs."""
         cpus = self.cpus_per_worker
         workers = max(self.workers, 1)
         if cpus is None:
@@ -75,8 +98,29 @@ class Resources:
             cpus = 1.0 if total - 1 >= workers else max((total - 1) / workers, 0.25)
         res = {"CPU": cpus}
         if self.use_gpu:
-            res["GPU"] = 1
+            res["GPU"] = self.gpus
         return res
+
+
+def trial_placement(
+    workers: int, gpus: float, node_gpus: Sequence[float], autoscaling: bool
+) -> tuple[str, str]:
+    """Where the workers of one GPU fit go: (placement strategy, a note for the console).
+
+    Several GPU workers are packed on one node (``STRICT_PACK``: NVLink/PCIe between them
+    instead of NCCL over the network) when a node of the cluster can hold them all, or, on an
+    autoscaling cluster, expecting a node type that does (``cluster.yaml`` has one with 8
+    GPUs). On a fixed cluster whose largest node is smaller, the workers spread (``PACK``)."""
+    need = workers * gpus
+    if workers <= 1 or gpus <= 0:
+        return "PACK", ""
+    largest = max(node_gpus, default=0.0)
+    if largest + 1e-9 >= need or autoscaling:
+        return "STRICT_PACK", f"each fit's {workers} GPU workers on one node"
+    return "PACK", (
+        f"each fit's {workers} GPU workers ({need:g} GPUs) span nodes: the largest node has "
+        f"{largest:g} GPUs, so gradients cross the network"
+    )
 
 
 @dataclass(frozen=True)
@@ -113,10 +157,11 @@ def prepare_datasets(
 ) -> FoldData:
     """Ray datasets for the folds of ``specs`` (``train0``, ``val0``, ...).
 
-    A fold whose planned row groups hold at most ``materialize_bytes`` stored bytes (default:
-    :func:`materialize_budget`) is read once into the object store; a larger one is a
+    A training fold whose planned row groups hold at most ``materialize_bytes`` stored bytes
+    (default: :func:`materialize_budget`) is read once into the object store; a larger one is a
     :class:`distributed.stream.StreamedFold`: the workers read their share of its row groups
-    from the shards every epoch, shuffled in a bounded buffer."""
+    from the shards every epoch, shuffled in a bounded buffer. Validation folds are always
+    streamed: each worker reads and scores its own exact part of them."""
     from ray.data import DataContext
 
     from distributed.data import FoldDatasource, read_fold, shard_row_groups
@@ -140,6 +185,8 @@ def prepare_datasets(
     def dataset(ids, split: bool):
         if not ids:
             raise ValueError(f"{root}: empty fold")
+        if not split:  # validation: every worker scores its exact part, read by itself
+            return StreamedFold.plan(groups, columns, ids, split)
         source = FoldDatasource(root, columns, list(ids), groups)
         if source.planned_bytes > budget:  # read by the workers themselves, every epoch
             return StreamedFold.plan(groups, columns, ids, split)
@@ -167,21 +214,18 @@ def fit_folds(
     write_model: bool = True,
     callbacks: list | None = None,
     max_failures: int = 2,
-    loop: Callable[[dict], None] = train_loop_per_worker,
+    loop: Callable[[dict, object], None] = train_folds,
     tune_report: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    on_report: Callable[[dict], None] | None = None,
 ) -> Fit:
-    """Build and fit one TorchTrainer over the folds of ``data`` (in sequence).
+    """Run the training loop over the folds of ``data`` (in sequence) on the hosts
+    ``resources`` ask for: in this process (``workers=0``; inside a Tune trial with
+    ``tune_report``, reporting to Tune) or on a Ray Train worker group (one TorchTrainer fit;
+    with ``tune_report`` its reports also go to Tune through ``TuneReportCallback``).
 
-    ``loop`` is the worker function (the default is the project's; tests wrap it to inject
-    faults). ``tune_report``: inside a Tune trial, every report also goes to Tune (through
-    ``TuneReportCallback`` on a worker group, directly in local mode). Raises the fit's error.
-    """
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from distributed import local_mode
-
+    ``loop`` is the training loop (tests wrap it to inject faults); ``on_report`` sees each
+    epoch's metrics of an in-process fit. Raises the fit's error."""
     if data.manifest.kind != cfg.branch:
         raise ValueError(f"{data.root} holds {data.manifest.kind} shards, not {cfg.branch}")
     per_worker = resources.per_worker()
@@ -192,40 +236,78 @@ def fit_folds(
         "forbidden_ids": sorted(data.forbidden),
         "threads": max(1, int(per_worker["CPU"])),
         "model_writer": {"git_commit": git_commit()} if write_model else None,
+        "checkpoint_every": checkpoint_every,
     }
-    callbacks = list(callbacks or [])
     if resources.local:
-        if resources.use_gpu:
-            raise ValueError("local mode (workers=0) runs on the CPU; use a worker for a GPU")
-        loop_config[local_mode.LOCAL_KEY] = local_mode.loop_settings(
-            storage_path, name, tune_report
-        )
-        scaling = ScalingConfig(num_workers=0)
-    else:
-        if tune_report:
-            from ray.tune.integration.ray_train import TuneReportCallback
+        return _fit_here(loop_config, data, resources, storage_path, name, loop, tune_report,
+                         on_report)  # fmt: skip
+    return _fit_on_workers(loop_config, data, resources, storage_path, name, loop, tune_report,
+                           callbacks, max_failures)  # fmt: skip
 
-            callbacks.append(TuneReportCallback())
-        scaling = ScalingConfig(
-            num_workers=resources.workers,
-            use_gpu=resources.use_gpu,
-            resources_per_worker=per_worker,
-            placement_strategy=resources.placement_strategy,
-        )
+
+def local_device(resources: Resources) -> str:
+    """The device of an in-process fit: the GPU Ray (or the machine) gives this process."""
+    if not resources.use_gpu:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("a GPU was asked for, but this process sees no CUDA device")
+    return "cuda"
+
+
+def _fit_here(loop_config, data, resources, storage_path, name, loop, tune_report, on_report):
+    from distributed.data import RayFold
+    from distributed.local_mode import LocalHost, TuneTrialHost
     from distributed.stream import StreamedFold
 
+    datasets = {
+        k: v if isinstance(v, StreamedFold) else RayFold(v) for k, v in data.datasets.items()
+    }
+    device = local_device(resources)
+    if tune_report:
+        host = TuneTrialHost(datasets, device)
+    else:
+        host = LocalHost(datasets, storage.join(storage_path, name), device, on_report)
+    loop(loop_config, host)
+    if host.checkpoint is None:  # a Tune trial: Tune keeps its checkpoints
+        return Fit(pd.DataFrame(host.history), None, None)
+    with host.filesystem.open_input_file(posixpath.join(host.checkpoint, HISTORY_FILE)) as f:
+        history = json.load(f)  # the whole run's, also the epochs before a resume
+    return Fit(pd.DataFrame(history), host.filesystem, host.checkpoint)
+
+
+def _fit_on_workers(
+    loop_config, data, resources, storage_path, name, loop, tune_report, callbacks, max_failures
+):
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from distributed.stream import StreamedFold
+
+    callbacks = list(callbacks or [])
+    if tune_report:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    scaling = ScalingConfig(
+        num_workers=resources.workers,
+        use_gpu=resources.use_gpu,
+        resources_per_worker=resources.per_worker(),
+        placement_strategy=resources.placement_strategy,
+    )
     streamed = {k: v for k, v in data.datasets.items() if isinstance(v, StreamedFold)}
     datasets = {k: v for k, v in data.datasets.items() if k not in streamed}
     loop_config["streamed"] = streamed  # the workers read these folds themselves
     trainer = TorchTrainer(
-        loop,
+        functools.partial(train_loop_per_worker, loop=loop),
         train_loop_config=loop_config,
         scaling_config=scaling,
-        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=process_group_backend(resources.use_gpu)),
         datasets=datasets or None,
-        # Validation splits are not split across workers: each worker scores every row, exactly.
         dataset_config=DataConfig(
-            datasets_to_split=[k for k in datasets if k.startswith("train")],
+            datasets_to_split=list(datasets),
             execution_options=ExecutionOptions(preserve_order=True),
         ),
         run_config=RunConfig(
@@ -236,38 +318,38 @@ def fit_folds(
             callbacks=callbacks or None,
         ),
     )
-    if resources.local and tune_report:
-        with local_mode.tune_session_set_aside():
-            result = trainer.fit()
-    else:
-        result = trainer.fit()
-    return Fit(result, _history(result))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    ckpt = result.checkpoint
+    with ckpt.filesystem.open_input_file(posixpath.join(ckpt.path, HISTORY_FILE)) as f:
+        history = json.load(f)
+    return Fit(pd.DataFrame(history), ckpt.filesystem, ckpt.path)
 
 
 @dataclass(frozen=True)
 class Fit:
-    """A finished fit: Ray's Result and every epoch's metrics (all folds, all workers' sums)."""
+    """A finished fit: every epoch's metrics (all folds, all workers' sums) and where its final
+    checkpoint is (a filesystem and a path on it; None for a Tune trial's in-process fit, whose
+    checkpoints Tune keeps)."""
 
-    result: object
     history: pd.DataFrame
+    filesystem: object
+    checkpoint: str | None
 
     @property
     def metrics(self) -> dict:
         return self.history.iloc[-1].to_dict()
 
-
-def _history(result) -> pd.DataFrame:
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, HISTORY_FILE)) as f:
-            return pd.DataFrame(json.load(f))
+    def read(self, name: str) -> bytes:
+        """A file of the final checkpoint."""
+        if self.checkpoint is None:
+            raise ValueError("this fit kept no checkpoint of its own")
+        with self.filesystem.open_input_file(posixpath.join(self.checkpoint, name)) as f:
+            return f.read()
 
 
 def export_model(fit: Fit, out_file: str) -> str:
     """Copy the final checkpoint's self-describing model file to ``out_file`` (atomically)."""
-    with fit.result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, MODEL_FILE), "rb") as f:
-            data = f.read()
-    storage.atomic_write_bytes(out_file, data)
+    storage.atomic_write_bytes(out_file, fit.read(MODEL_FILE))
     return out_file

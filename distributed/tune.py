@@ -16,8 +16,13 @@ The search itself is ``distributed.search``; this module only turns a command li
 
 The console shows a header, one line per trial event and outer fold, the result and the path of
 ``report.md``; Ray's, Tune's and the workers' output go to ``STORAGE/NAME/logs/`` (``--verbose``
-shows them). A trial with one worker and no GPU trains through Ray Train's local mode, in the
-trial's own process (``--worker-group`` starts a worker group instead).
+shows them). A trial with one worker trains in the trial's own process, reporting to Tune
+(``--worker-group`` starts a Ray Train worker group instead); with ``--workers-per-trial W`` each
+trial is a DDP worker group of W, and the config's ``batch_size`` is the batch of one step over
+all W workers (each takes batch_size // W rows; the learning rate is used as configured).
+``--gpus-per-worker`` may be a fraction (0.5: two trials share a GPU); concurrency is planned from
+GPUs when trials use them, and is at most a quarter of ``--samples`` unless ``--max-concurrent``
+says otherwise, so that TPE learns from finished trials.
 """
 
 from __future__ import annotations
@@ -104,9 +109,9 @@ def tune(args: TuneArgs) -> str:
 
 
 def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> str:
-    from distributed.common import cluster_cpus, init_ray
+    from distributed.common import cluster_cpus, cluster_gpus, init_ray, node_gpus
     from distributed.search import SearchPlan, plan_concurrency, run_search
-    from distributed.trainer import Resources
+    from distributed.trainer import Resources, trial_placement
 
     if args.shards:
         shards_root = args.shards
@@ -128,19 +133,25 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
     if cpus_per_worker is None:
         cpus_per_worker = 1.0 if cluster_cpus() >= 8 else 0.5
     autoscaling = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    gpus = args.gpus_per_worker
     concurrency = plan_concurrency(
         cluster_cpus(),
         args.workers_per_trial,
         cpus_per_worker,
         args.max_concurrent,
         autoscaling=autoscaling,
+        total_gpus=cluster_gpus(),
+        gpus_per_worker=gpus,
+        samples=samples,
     )
-    local = args.workers_per_trial == 1 and not args.gpus_per_worker and not args.worker_group
+    local = args.workers_per_trial == 1 and not args.worker_group
+    device = f"{gpus:g} GPU" if gpus else "CPU"
     how = (
-        "Ray Train local mode (in the trial's process)"
+        f"in each trial's own process ({device})"
         if local
-        else f"{args.workers_per_trial} Ray Train worker(s) each"
+        else f"{args.workers_per_trial} Ray Train workers each ({device} per worker)"
     )
+    placement, where = trial_placement(args.workers_per_trial, gpus, node_gpus(), autoscaling)
     for line in (
         f"nested CV: {branch.name}, model {base.model.name}, shards {shards_root} "
         f"({manifest.counts.written} items, {len(manifest.classes)} classes)",
@@ -148,6 +159,9 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         f"{len(protocol.fold(outers[0]).inner)} inner splits each)",
         f"search: {samples} trials per outer fold, {concurrency} at once, {how}; "
         f"space: {', '.join(space.space)}",
+        f"batch: {base.batch_size} per step in all"
+        + ("" if local else f", {base.batch_size // args.workers_per_trial} per worker")
+        + (f"; {where}" if where else ""),
         f"results: {storage.join(root, 'results')} (trials: {storage.join(root, 'outer*')})",
     ):
         console.emit(line)
@@ -164,7 +178,7 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         concurrency=concurrency,
         resume=args.resume,
         resources=Resources(
-            0 if local else args.workers_per_trial, args.gpus_per_worker > 0, cpus_per_worker
+            0 if local else args.workers_per_trial, gpus, cpus_per_worker, placement
         ),
         verbose=(1 if args.quiet else 2) if args.verbose else 0,
         mlflow=args.mlflow,
@@ -189,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, help="trials per outer fold")
     p.add_argument("--workers-per-trial", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=float, default=None)
-    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        help="GPUs per worker; a fraction shares a GPU between trials (e.g. 0.5: two trials)",
+    )
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="epochs per fold (default: config)")
     p.add_argument(

@@ -10,10 +10,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from datasets.manifest import read_manifest, read_protocol
 from distributed.config import default_config
-from distributed.data import fold_dataset, make_collate
+from distributed.data import RayShard, fold_dataset, make_collate
+from distributed.loop import recompute_bn_stats
 from distributed.steps import build, model_inputs
 from distributed.trainer import data_info
-from distributed.worker import recompute_bn_stats
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,7 +61,7 @@ def test_precise_bn_replaces_running_stats_by_the_pass_average(gesture_shards, r
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ref = _reference_stats(cfg, model, ds)
 
-    n = recompute_bn_stats(cfg, model, ds, torch.device("cpu"), epoch=0)
+    n = recompute_bn_stats(cfg, model, RayShard(ds.iterator()), torch.device("cpu"), epoch=0)
 
     assert n == -(-len(ids) // cfg.batch_size) and n == ref[0][2] and n > 1
     for m, (mean, var, _) in zip(bns, ref):

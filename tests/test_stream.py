@@ -99,11 +99,15 @@ def test_workers_get_equal_disjoint_shares_that_change_every_epoch(fold, world):
     assert [r[0] for r in again] == epochs[0]
 
 
-def test_validation_folds_are_read_whole_by_every_worker(fold):
+def test_validation_folds_are_partitioned_every_row_scored_once(fold):
+    """Validation is split across workers without dropping a row: the workers' parts are
+    consecutive runs of the plan's order, differ in size by at most one and cover every id."""
     root, ids = fold
     whole = _plan(root, ids, split=False)
-    for rank in (0, 1):
-        assert [r[0] for r in _rows(whole.shard(rank, 2))[0]] == sorted(ids)
+    for world in (1, 2, 3):
+        parts = [[r[0] for r in _rows(whole.shard(rank, world))[0]] for rank in range(world)]
+        assert sum(parts, []) == sorted(ids)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
 def test_the_shuffle_buffer_mixes_rows_beyond_one_part(fold):

@@ -1,0 +1,222 @@
+"""CPU-side guards of the GPU path: what would crash, wait or differ on GPUs, caught without one.
+
+- every tensor the training loop hands to a collective is on the worker's device, and the
+  process-group backend used on GPUs has a backend for every device such a tensor can be on
+  (NCCL alone has no CPU backend: a CPU tensor in an all-reduce killed every 2-GPU run);
+- the loop runs without Ray on a plain ``torch.distributed`` group (two processes, gloo), with
+  the global batch split over the workers and validation partitioned, every row scored once;
+- a training step does not wait for the device (no ``.item()``, ``float()``, ``.cpu()`` per step);
+- GPU trials plan their concurrency and placement from GPUs, fractions included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from datasets import shards
+from datasets.manifest import read_manifest, read_protocol
+from distributed.config import default_config
+from distributed.loop import process_group_backend
+from distributed.trainer import data_info, outer_fold_spec
+
+pytestmark = pytest.mark.timeout(300)
+
+SMALL = dict(rep_size=16, rep_length=24, width=8, se_reduction=4, batch_size=6, lr=1e-2, epochs=2)
+
+
+def _backend_map(backend: str) -> dict:
+    from torch.distributed.distributed_c10d import BackendConfig
+
+    return BackendConfig(backend).get_device_backend_map()
+
+
+def test_the_gpu_backend_string_serves_cpu_and_cuda_tensors():
+    """On GPUs the worker group's process group must take CUDA tensors (NCCL) and CPU ones
+    (gloo); "nccl" alone has no CPU backend, the crash this replaces."""
+    assert _backend_map(process_group_backend(True)) == {"cpu": "gloo", "cuda": "nccl"}
+    assert "cpu" not in _backend_map("nccl")
+    assert _backend_map(process_group_backend(False))["cpu"] == "gloo"
+
+
+class PlainHost:
+    """The loop's host on a plain torch.distributed group: no Ray anywhere."""
+
+    def __init__(self, rank: int, world: int, folds: dict):
+        self.rank, self.world, self.device = rank, world, torch.device("cpu")
+        self.folds, self.reports = folds, []
+
+    def shard(self, key):
+        return self.folds[key].shard(self.rank, self.world)
+
+    def prepare_model(self, model):
+        return torch.nn.parallel.DistributedDataParallel(model.to(self.device))
+
+    def restore(self):
+        return None
+
+    def report(self, metrics, directory):
+        self.reports.append(metrics)
+
+
+def _worker(rank: int, world: int, store_path: str, config: dict, folds: dict, out: str):
+    from distributed import loop
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=world)  # fmt: skip
+    host = PlainHost(rank, world, folds)
+    handled = set(_backend_map(process_group_backend(True)))
+    seen = []
+    real = dist.all_reduce
+
+    def all_reduce(tensor, *args, **kwargs):
+        seen.append([str(tensor.device), tensor.device.type in handled])
+        return real(tensor, *args, **kwargs)
+
+    dist.all_reduce = all_reduce
+    try:
+        loop.train_folds(config, host)
+    finally:
+        dist.all_reduce = real
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"collectives": seen, "history": host.reports, "device": str(host.device)}, f)
+    dist.destroy_process_group()
+
+
+def test_the_loop_on_a_plain_process_group_hands_collectives_device_tensors(
+    gesture_shards, tmp_path
+):
+    """Two processes, gloo, no Ray: the real loop's collectives all get tensors on the worker's
+    device; the global batch is split (3 rows per worker); the validation counts sum to the
+    split's size exactly (each row scored once) and both ranks report the same metrics."""
+    import torch.multiprocessing as mp
+
+    from distributed.stream import StreamedFold
+
+    manifest = read_manifest(gesture_shards)
+    key, protocol = read_protocol(gesture_shards, manifest)
+    spec = outer_fold_spec(protocol, key, 0, 0)
+    columns = ("id", "label", "n_frames", "n_joints", "dims", "joints", "confidence")
+    groups = [g for f in shards.shard_files(gesture_shards) for g in shards.row_groups(f, columns)]
+    folds = {
+        "train0": StreamedFold.plan(groups, columns, spec.train, split=True),
+        "val0": StreamedFold.plan(groups, columns, spec.val, split=False),
+    }
+    cfg = default_config("gesture", **SMALL)
+    config = {
+        "train": cfg.to_dict(),
+        "data": data_info(manifest).to_json(),
+        "folds": [{"train": "train0", "val": "val0", "fold": spec.trained_on.to_json()}],
+        "threads": 1,
+        "model_writer": None,
+    }
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), config, folds, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["collectives"], "the loop made no collective call"
+        assert all(device == r["device"] and handled for device, handled in r["collectives"])
+    h0, h1 = ranks[0]["history"], ranks[1]["history"]
+    assert [m["epoch"] for m in h0] == [0, 1]
+    assert all(m["batch_per_worker"] == 3 and m["workers"] == 2 for m in h0)
+    assert all(m["val_n"] == len(spec.val) for m in h0)  # a partition: every row once
+    assert all(m["train_n"] == 2 * (len(spec.train) // 2) for m in h0)
+    for a, b in zip(h0, h1):
+        assert a["val_loss"] == b["val_loss"] and a["train_loss"] == b["train_loss"]
+
+
+@pytest.mark.parametrize("branch", ["gesture", "facial"])
+def test_a_training_epoch_does_not_wait_for_the_device_per_step(
+    branch, gesture_shards, facial_pair_shards
+):
+    """Reading a tensor's value on the host (``.item()``, ``float()``, ``.cpu()``, ``.numpy()``,
+    ``.tolist()``) waits for the GPU; the epoch does it a fixed number of times (the stats'
+    read-out at its end), not once per step."""
+    from branches import get_branch
+    from distributed import loop
+    from distributed.steps import build
+    from distributed.stream import StreamedFold
+
+    root = gesture_shards if branch == "gesture" else facial_pair_shards
+    manifest = read_manifest(root)
+    columns = get_branch(branch).columns
+    groups = [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
+    ids = shards.read_table(root, columns=["id"])["id"].to_pylist()
+    fold = StreamedFold.plan(groups, columns, ids, split=True)
+    small = SMALL if branch == "gesture" else dict(clips=1, frames=2, lstm1=8, lstm2=4, lr=1e-2)
+    cfg = default_config(branch, **small)
+    heads = get_branch(branch).heads
+    counts, paused = {}, [False]
+    names = ("item", "__float__", "__int__", "cpu", "numpy", "tolist", "__bool__")
+    real = {n: getattr(torch.Tensor, n) for n in names}
+
+    def counting(name):
+        def method(self, *args, **kwargs):
+            if not paused[0]:
+                counts[name] = counts.get(name, 0) + 1
+            return real[name](self, *args, **kwargs)
+
+        return method
+
+    def uncounted(step):
+        # Adam reads its step counters with .item(); they stay on the CPU on a GPU too (not
+        # "capturable"), so reading them does not wait for the device
+        def wrapped(*args, **kwargs):
+            paused[0] = True
+            try:
+                return step(*args, **kwargs)
+            finally:
+                paused[0] = False
+
+        return wrapped
+
+    per_batch = {}
+    for batch in (2, 8):  # 4x the steps: the count must not grow with them
+        torch.manual_seed(0)
+        model = build(cfg, data_info(manifest))
+        opt, _ = loop.make_optimizer(cfg, model)
+        opt.step = uncounted(opt.step)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        counts.clear()
+        for n in names:
+            setattr(torch.Tensor, n, counting(n))
+        try:
+            stats = loop.run_epoch(cfg, model, fold.shard(), heads, len(manifest.classes),
+                                   torch.device("cpu"), train=True, epoch=0, batch_size=batch,
+                                   opt=opt, scaler=scaler)  # fmt: skip
+        finally:
+            for n in names:
+                setattr(torch.Tensor, n, real[n])
+        assert stats.count == len(ids)
+        per_batch[batch] = dict(counts)
+    assert per_batch[2] == per_batch[8], per_batch
+
+
+def test_gpu_trials_plan_concurrency_and_placement_from_gpus():
+    from distributed.cli import UsageError
+    from distributed.search import plan_concurrency
+    from distributed.trainer import Resources, trial_placement
+
+    # a 0-CPU head and 4 nodes x 8 GPUs: trials by GPUs, not "1 trial" from the CPUs
+    assert plan_concurrency(4 * 32, 8, 1.0, None, total_gpus=32, gpus_per_worker=1) == 4
+    assert plan_concurrency(4 * 32, 8, 1.0, 8, total_gpus=32, gpus_per_worker=1) == 4
+    # fractional GPUs: two 1-worker trials share each GPU
+    assert plan_concurrency(64, 1, 1.0, 100, total_gpus=4, gpus_per_worker=0.5) == 8
+    # without --max-concurrent at most a quarter of the trials run at once (TPE feedback)
+    assert plan_concurrency(64, 1, 1.0, None, total_gpus=8, gpus_per_worker=1, samples=20) == 5
+    # an autoscaling cluster: the cap decides, not what is up now (nothing, at first)
+    assert plan_concurrency(0, 8, 1.0, None, True, total_gpus=0, gpus_per_worker=1,
+                            samples=40) == 10  # fmt: skip
+    with pytest.raises(UsageError, match="needs 8 GPUs, the cluster has 4"):
+        plan_concurrency(64, 8, 1.0, None, total_gpus=4, gpus_per_worker=1)
+    # a trial's resources carry the GPU fraction
+    assert Resources(0, 0.25, 2.0).per_worker() == {"CPU": 2.0, "GPU": 0.25}
+    # 8 GPU workers: packed on one node when one can hold them, spread (and said) otherwise
+    assert trial_placement(8, 1, [8, 8, 4], False)[0] == "STRICT_PACK"
+    strategy, note = trial_placement(8, 1, [4, 4, 4, 4], False)
+    assert strategy == "PACK" and "span nodes" in note
+    assert trial_placement(8, 1, [], True)[0] == "STRICT_PACK"
+    assert trial_placement(1, 1, [1], False)[0] == "PACK"
