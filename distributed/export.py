@@ -21,6 +21,13 @@ probabilities of the checkpoint's predicting head, what ``distributed.evaluate``
 
 Both files carry ``emovis.json`` (class names, preprocessing, input shape, outputs) as an extra
 file. No ONNX: the ``onnx`` package is not a dependency of this project.
+
+Graphs are exported on the CPU but name no device, so the same file runs on a GPU:
+``load(FILE, "cuda")`` (or ``torch.export.load(FILE).module().to("cuda")``). torch.export records
+the example's device wherever a model creates a tensor with ``device=x.device`` or asserts an
+input's metadata before a ``.to(dtype)``; the asserts are released here (their dtype and layout
+checks stay), and a graph that still names a device is refused (:func:`hardcoded_devices`).
+:func:`run_exported_on` runs a file on a device against the CPU (no Ray).
 """
 
 from __future__ import annotations
@@ -86,9 +93,60 @@ def export_program(model: nn.Module, branch: str, example: torch.Tensor, head: s
         0: torch.export.Dim.AUTO,
         **{i: torch.export.Dim.STATIC for i in range(1, example.dim())},
     }
-    return torch.export.export(
+    program = torch.export.export(
         ExportWrapper(model, branch, head).eval(), (example,), dynamic_shapes=(dims,)
     )
+    return release_device_asserts(program)
+
+
+def release_device_asserts(program):
+    """Drop the ``device`` that torch.export writes into the input-metadata asserts it puts
+    before every ``.to(dtype)`` (``_assert_tensor_metadata(x, dtype=uint8, device=cpu)``): kept,
+    it makes the graph fail on any other device. Their dtype and layout checks stay."""
+    assert_op = torch.ops.aten._assert_tensor_metadata.default
+    changed = False
+    for node in program.graph.nodes:
+        if node.target is assert_op and node.kwargs.get("device") is not None:
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "device"}
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+    return program
+
+
+def hardcoded_devices(graph) -> list[str]:
+    """The places where an exported program (or a TorchScript module) names a device, as text
+    (``aten.zeros.default: device=cpu``); empty when the graph runs wherever its inputs are."""
+    if isinstance(graph, torch.jit.ScriptModule):
+        return [
+            f"{n.kind()}: {n.output().toIValue()}"
+            for n in graph.inlined_graph.nodes()
+            if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"
+        ]
+    found = []
+    for node in graph.graph.nodes:
+        values = _leaves((node.args, node.kwargs))
+        found += [f"{node.target}: device={v}" for v in values if isinstance(v, torch.device)]
+    return found
+
+
+def _leaves(value) -> list:
+    """The non-container values in nested tuples, lists and dicts (a node's arguments)."""
+    if isinstance(value, (list, tuple)):
+        return [leaf for v in value for leaf in _leaves(v)]
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    return [value]
+
+
+def _refuse_device_constants(graph, name: str) -> None:
+    found = hardcoded_devices(graph)
+    if found:
+        raise ValueError(
+            f"the exported {name} names a device, so it would run there only: "
+            + "; ".join(found[:5])
+            + " (create tensors with x.new_zeros / torch.zeros_like(x), not device=x.device)"
+        )
 
 
 def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 2) -> dict:
@@ -103,6 +161,7 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
     extra = {META: json.dumps(meta)}
     if fmt == "exported":
         program = export_program(model, cfg.branch, example, cfg.head)
+        _refuse_device_constants(program, cfg.model.name)
         buf = io.BytesIO()
         torch.export.save(program, buf, extra_files=extra)
         storage.atomic_write_bytes(out, buf.getvalue())
@@ -112,6 +171,7 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
             wrapper = ExportWrapper(model, cfg.branch, cfg.head).eval()
             with torch.no_grad():
                 traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+            _refuse_device_constants(traced, cfg.model.name)
             torch.jit.save(traced, buf, _extra_files=extra)  # Python ops fail here, not above
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
@@ -122,15 +182,19 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
     return meta
 
 
-def load(path: str):
-    """(callable, metadata) for a file written by :func:`export_checkpoint`, either format."""
+def load(path: str, device: str | torch.device = "cpu"):
+    """(callable, metadata) for a file written by :func:`export_checkpoint`, either format, its
+    weights on ``device`` (inputs must be there too)."""
     data = storage.read_bytes(path)
     extra = {META: ""}
     try:
         module = torch.jit.load(io.BytesIO(data), _extra_files=extra)
     except RuntimeError:
         program = torch.export.load(io.BytesIO(data), extra_files=extra)
-        module = program.module()
+        module = program.module().to(device)
+    else:
+        if torch.device(device) != torch.device("cpu"):  # (TorchScript cannot load on "meta")
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
     meta = json.loads(extra[META])
     if meta["min_batch"] <= 1:
         return module, meta
@@ -142,6 +206,36 @@ def load(path: str):
         return tuple(o[: x.shape[0]] for o in module(torch.cat([x, pad])))
 
     return run, meta
+
+
+def run_exported_on(path: str, device: str, batch: int = 3, seed: int = 0) -> dict[str, float]:
+    """Run an exported file on ``device`` and on the CPU with the same random input of its
+    metadata's shape (``batch`` items); returns ``max |device - cpu|`` per output name.
+
+    On ``"meta"`` (shapes, no data; exported format only) the values are NaN and nothing runs on
+    the CPU: the run itself checks that nothing in the graph is tied to the CPU. No Ray.
+    """
+    fn, meta = load(path, device)
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, *meta["input_shape"][1:])
+    if meta["input_dtype"] == "uint8":
+        x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    else:
+        x = torch.rand(shape, generator=g, dtype=getattr(torch, meta["input_dtype"])) * 3
+    with torch.no_grad():
+        got = fn(x.to(device))
+    on = torch.device(device).type
+    for name, out in zip(meta["outputs"], got, strict=True):
+        if out.device.type != on or out.shape[0] != batch:
+            raise RuntimeError(f"{name}: got {tuple(out.shape)} on {out.device}, not on {device}")
+    if on == "meta":
+        return {name: float("nan") for name in meta["outputs"]}
+    with torch.no_grad():
+        ref = load(path, "cpu")[0](x)
+    return {
+        name: float((a - b.float().cpu()).abs().max())
+        for name, a, b in zip(meta["outputs"], ref, got, strict=True)
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

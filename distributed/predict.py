@@ -1,7 +1,8 @@
 """Predict emotions on new videos, image sequences or joint files with a trained checkpoint.
 
     python -m distributed.predict PATH... --checkpoint CKPT [--out FILE.json|FILE.csv]
-        [--plot PNG_OR_DIR] [--batch] [--clips N] [--actors N] [--device cpu]
+        [--plot PNG_OR_DIR] [--batch] [--clips N] [--actors N] [--device cpu|cuda]
+        [--gpus-per-actor G]
     python -m distributed.predict VIDEO... --checkpoint FACE.pt --checkpoint BODY.pt
         [--fusion-weight W | --fusion-report fusion.json]
 
@@ -24,6 +25,10 @@ could be predicted. More than ``--batch-threshold`` items (or ``--batch``) run a
 (``distributed.predict_batch``); smaller inputs run in this process without Ray. The Python API
 is ``distributed.predictor.Predictor``.
 
+``--device cuda``: in this process the model runs on this machine's GPU; as a Ray Data job
+this process (a cluster's head, say) reads the checkpoint on the CPU only and every model actor
+asks Ray for a GPU (``--gpus-per-actor 0.5``: two actors share one).
+
 With a face and a body checkpoint (a body model trained on ``--pose mediapipe`` shards), each
 redoes its own preprocessing on the same videos (face crops; pose estimation) and the two
 probability vectors are fused as ``distributed.fusion`` does, ``p ∝ p_face^w · p_body^(1-w)``
@@ -35,13 +40,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datasets import storage
 from distributed import cli
+from distributed.predict_batch import actor_resources
 from distributed.predict_outputs import predict_local, write_outputs
 from distributed.predictor import Prediction, Predictor
 
@@ -107,6 +114,7 @@ class PredictArgs:
     actors: int = 1
     batch_size: int = 8
     device: str = "cpu"
+    gpus_per_actor: float | None = None
     address: str | None = None
     fusion_weight: float | None = None
     fusion_report: str | None = None
@@ -145,17 +153,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--actors", type=int, default=1, help="model actors in the Ray Data pool")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda")
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs each Ray Data model actor asks for with --device cuda (default 1; "
+        "a fraction shares a GPU between actors)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     return p
 
 
 def _load(path: str, args: PredictArgs) -> tuple[bytes, Predictor]:
+    """The checkpoint's bytes and a predictor on the CPU. This process only reads what it needs
+    from it (branch, classes, preprocessing); the model goes to ``--device`` where it runs: in
+    this process (:func:`_on_device`) or in Ray Data's actors, so a driver without a GPU (a
+    cluster's head) can run a ``--device cuda`` job."""
     try:
         data = storage.read_bytes(path)
-        return data, Predictor.from_checkpoint(data, args.device, args.clips)
+        return data, Predictor.from_checkpoint(data, "cpu", args.clips)
     except Exception as err:  # unreadable, not a checkpoint, unknown model, ...
         raise cli.UsageError(f"{path}: cannot load the checkpoint ({err})") from None
+
+
+def _on_device(predictor: Predictor, device: str) -> Predictor:
+    """The same predictor with its model on ``device`` (for prediction in this process)."""
+    if torch.device(device) == predictor.device:
+        return predictor
+    try:
+        model = predictor.mf.model.to(device)
+    except (RuntimeError, AssertionError) as err:  # torch says AssertionError on a CPU build
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise cli.UsageError(f"--device {device}: not usable on this machine ({first})") from None
+    return Predictor(replace(predictor.mf, model=model), device, predictor.timeline_clips)
 
 
 def fusion_weight(args: PredictArgs) -> float:
@@ -183,7 +214,7 @@ def predict_pair(args: PredictArgs) -> tuple[list[dict], Predictor]:
     fusion of ``distributed.fusion`` with weight w."""
     from distributed.fusion_rules import fuse
 
-    loaded = [_load(path, args)[1] for path in args.checkpoint]
+    loaded = [_on_device(_load(path, args)[1], args.device) for path in args.checkpoint]
     branches = {p.branch.name for p in loaded}
     if len(branches) != 2:
         raise cli.UsageError(
@@ -230,6 +261,7 @@ def predict(args: PredictArgs) -> tuple[list[dict], Predictor]:
         raise cli.UsageError("--clips must be >= 1")
     if len(args.checkpoint) > 2:
         raise cli.UsageError("give one --checkpoint, or two (a face and a body model)")
+    actor_resources(args.device, args.gpus_per_actor)  # a bad --gpus-per-actor fails first
     if len(args.checkpoint) == 2:
         return predict_pair(args)
     data, predictor = _load(args.checkpoint[0], args)
@@ -247,9 +279,10 @@ def predict(args: PredictArgs) -> tuple[list[dict], Predictor]:
             actors=args.actors,
             batch_size=args.batch_size,
             address=args.address,
+            gpus_per_actor=args.gpus_per_actor,
         )
     else:
-        results = predict_local(predictor, items)
+        results = predict_local(_on_device(predictor, args.device), items)
     return results, predictor
 
 

@@ -4,6 +4,11 @@ Decoding and face detection run in parallel Ray tasks (``_prepare_batch``); a pr
 travels as its one-row shard table (Arrow IPC bytes); the model runs in an actor pool
 (``map_batches`` with a callable class), each actor scoring its batch through the same
 :class:`~distributed.predictor.Predictor` as local prediction.
+
+On ``device="cuda"`` every actor asks Ray for a GPU (or a fraction of one, so that several
+actors share it, see :func:`actor_resources`); Ray then makes that GPU the actor's only visible
+``cuda`` device. The driver loads the model on the CPU only (to read its branch and
+preprocessing), so it needs no GPU itself.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 import torch
 
 from branches import DataInfo, get_branch
+from distributed import cli
 from distributed.checkpoint import load_model
 from distributed.predict_outputs import failed, ok, reason
 from distributed.predictor import Predictor, Prepared, prepare_path
@@ -41,6 +47,34 @@ def _prepare_batch(batch: dict, branch: str, data: dict) -> dict:
         for k, v in zip(cols, (int(order), str(item_id), str(path), error, table, meta)):
             cols[k].append(v)
     return {k: np.array(v, dtype=object) if k == "table" else np.array(v) for k, v in cols.items()}
+
+
+def actor_resources(device: str, gpus_per_actor: float | None = None) -> dict:
+    """Ray resources of one model actor (``map_batches`` keywords): a CPU, plus on a CUDA device
+    ``gpus_per_actor`` GPUs (default 1). A fraction lets several actors share one GPU (each holds
+    its own copy of the model: mind the GPU's memory); above 1 it must be a whole number."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise cli.UsageError(
+            f"--device {device!r} is not a device (cpu, cuda, cuda:1...)"
+        ) from None
+    if kind != "cuda":
+        if gpus_per_actor:
+            raise cli.UsageError(f"--gpus-per-actor needs --device cuda (got --device {device})")
+        return {"num_cpus": 1}
+    gpus = 1.0 if gpus_per_actor is None else float(gpus_per_actor)
+    if not gpus > 0 or (gpus > 1 and not gpus.is_integer()):
+        raise cli.UsageError(
+            f"--gpus-per-actor must be a fraction in (0, 1] or a whole number, got {gpus_per_actor}"
+        )
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+def actor_device(device: str) -> str:
+    """The device an actor loads the model on: ``cuda`` (Ray shows each actor only the GPUs it
+    was given, as ``cuda:0``...), whatever index ``device`` names; other devices unchanged."""
+    return "cuda" if torch.device(device).type == "cuda" else device
 
 
 class ModelActor:
@@ -94,10 +128,15 @@ def predict_ray(
     actors: int = 1,
     batch_size: int = 8,
     address: str | None = None,
+    gpus_per_actor: float | None = None,
 ) -> list[dict]:
-    """The same predictions as :func:`distributed.predict_outputs.predict_local`, on Ray Data."""
+    """The same predictions as :func:`distributed.predict_outputs.predict_local`, on Ray Data.
+
+    ``device`` is where the actors run the model (a CUDA device asks Ray for GPUs, see
+    :func:`actor_resources`); this process reads the checkpoint on the CPU only."""
     from distributed.common import init_ray
 
+    resources = actor_resources(device, gpus_per_actor)
     ray = init_ray(address)
     mf = load_model(checkpoint, "cpu")
     ref = ray.put(checkpoint)
@@ -111,10 +150,10 @@ def predict_ray(
     )
     ds = ds.map_batches(
         ModelActor,
-        fn_constructor_kwargs={"checkpoint": ref, "clips": clips, "device": device},
+        fn_constructor_kwargs={"checkpoint": ref, "clips": clips, "device": actor_device(device)},
         batch_size=batch_size,
         concurrency=actors,
-        num_cpus=1,
+        **resources,
     )
     results = sorted(ds.iter_rows(), key=lambda r: int(r["order"]))
     return [json.loads(r["result"]) for r in results]

@@ -22,6 +22,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _zero_state(x: Tensor, lstm: nn.LSTM) -> tuple[Tensor, Tensor]:
+    """The zero ``(h0, c0)`` that ``nn.LSTM`` assumes when given none, made from ``x`` (B, T, F).
+
+    Passing them explicitly keeps graphs device-agnostic: without them ``nn.LSTM`` creates its
+    zeros with ``device=input.device``, which ``torch.export`` and ``torch.jit.trace`` record as
+    a constant (the device the model was exported on), so the graph then fails on any other one.
+    """
+    B = x.shape[0]
+    h0 = x.new_zeros(lstm.num_layers, B, lstm.hidden_size)  # (layers, B, H)
+    return h0, torch.zeros_like(h0)
+
+
 class TwoStreamLSTM(nn.Module):
     """TLSTM head: ``forward(features (B, C, F))`` -> dict p1, p2, p3, fused, sum (B, classes) each.
 
@@ -58,11 +70,11 @@ class TwoStreamLSTM(nn.Module):
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         if features.dim() != 3:
             raise ValueError(f"expected clip features (B, C, F), got {tuple(features.shape)}")
-        seq1, _ = self.lstm1(features)  # (B, C, H1)
+        seq1, _ = self.lstm1(features, _zero_state(features, self.lstm1))  # (B, C, H1)
         p3 = self.fc3(seq1[:, -1])  # (B, classes)
         clip_probs = self.clip_probabilities(features)  # (B, C, classes)
         p1 = clip_probs.mean(dim=1)  # (B, classes)
-        seq2, _ = self.lstm2(clip_probs)  # (B, C, H2)
+        seq2, _ = self.lstm2(clip_probs, _zero_state(clip_probs, self.lstm2))  # (B, C, H2)
         p2 = self.fc2(seq2[:, -1])  # (B, classes)
         fused = self.fusion_weight * p1 + (1.0 - self.fusion_weight) * p2
         return {"p1": p1, "p2": p2, "p3": p3, "fused": fused, "sum": p1 + p2 + p3}

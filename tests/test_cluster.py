@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -115,12 +116,102 @@ def test_cluster_yaml_is_safe_by_default(cluster_cfg):
     # (bind-mounted into every container), checked before Ray starts.
     assert os.path.dirname(token_path) in cfg["file_mounts"]
     assert any(token_path in c for c in cfg["setup_commands"])
-    # Installed like `make install`: pinned torch first, then the project's dependencies.
+    assert ".gitignore" in cfg["rsync_filter"]  # never sync .venv, runs, demo data
+
+
+def node_setup(cfg: dict, node_type: str) -> list[str]:
+    """The setup commands a node of ``node_type`` runs, in Ray's order: ``setup_commands``,
+    then the head's or the workers' own (a node type may override the latter)."""
+    own = "head_setup_commands" if node_type == cfg["head_node_type"] else "worker_setup_commands"
+    return [*cfg["setup_commands"], *cfg["available_node_types"][node_type].get(own, cfg[own])]
+
+
+CUDA_INDEX = re.compile(r"torch==(\S+) --index-url https://download\.pytorch\.org/whl/cu(\d+)\b")
+CPU_INDEX = re.compile(r"torch==(\S+) --index-url https://download\.pytorch\.org/whl/cpu\b")
+
+
+@pytest.mark.timeout(60)
+def test_cluster_yaml_gpu_nodes_get_an_image_the_cuda_wheel_and_a_version_report(cluster_cfg):
+    """GPU node types name their AMI, install torch from the CUDA wheel index (the head from
+    the CPU one), print the versions, and one node type holds an 8-worker trial."""
+    cfg, text = cluster_cfg, (REPO / "cluster.yaml").read_text()
+    types = cfg["available_node_types"]
+    gpu_types = [k for k, t in types.items() if t["resources"].get("GPU", 0) > 0]
     make = (REPO / "Makefile").read_text()
     torch_pin = make.split("pip install --quiet torch==")[1].split()[0]
-    install = " ".join(cfg["setup_commands"])
-    assert install.index(f"torch=={torch_pin}") < install.index('".[test]"')
-    assert ".gitignore" in cfg["rsync_filter"]  # never sync .venv, runs, demo data
+    assert gpu_types and cfg["head_node_type"] not in gpu_types
+    # The image: named by its public name, with a region-specific id and how to find the current.
+    assert "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)" in text
+    assert "aws ec2 describe-images" in text and "region" in text.lower()
+    for name in gpu_types:
+        assert re.fullmatch(r"ami-[0-9a-f]{8,17}", types[name]["node_config"].get("ImageId", ""))
+    # No torch for everybody: the head's and the workers' setups choose the wheel.
+    assert not any("torch==" in c for c in cfg["setup_commands"])
+    for name in types:
+        setup = " ".join(node_setup(cfg, name))
+        index = CPU_INDEX if name == cfg["head_node_type"] else CUDA_INDEX
+        wheel = index.search(setup)
+        assert wheel, f"{name}: {setup}"
+        assert wheel.group(1) == torch_pin  # the version `make install` pins locally
+        assert setup.index(wheel.group(0)) < setup.index('".[test]"') < setup.index("env_report")
+        other = CUDA_INDEX if index is CPU_INDEX else CPU_INDEX
+        assert not other.search(setup), f"{name}: both wheels"
+        if name in gpu_types:
+            assert "python -m distributed.env_report --expect-gpu" in setup
+    # An 8-worker trial fits on one node, with CPUs for its workers and Ray Data.
+    eight = [t for t in types.values() if t["resources"].get("GPU") == 8]
+    assert eight and all(t["resources"]["CPU"] >= 8 and t["max_workers"] >= 1 for t in eight)
+
+
+def fake_nvidia_smi(folder: Path, rows: str, cuda: str) -> None:
+    """An ``nvidia-smi`` on PATH that answers the two questions env_report asks."""
+    script = folder / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "--query-gpu=name,driver_version" ]; then printf "{rows}"; exit 0; fi\n'
+        f'echo "| NVIDIA-SMI 595.91.07   Driver Version: 595.91.07   CUDA Version: {cuda} |"\n'
+    )
+    script.chmod(0o755)
+
+
+@pytest.mark.timeout(120)
+def test_env_report_prints_versions_and_fails_where_a_gpu_is_unusable(tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    """What every node's setup runs: Ray-free; exit 0 on a CPU machine, 1 where a GPU is present
+    (or expected) but torch cannot use it."""
+    import torch
+
+    from distributed import env_report
+
+    # As the head's setup runs it (no GPU here): the versions, exit 0, no Ray imported.
+    code = "import sys; from distributed import env_report as e; r = e.main([]); " \
+           "print('ray imported:', 'ray' in sys.modules); sys.exit(r)"  # fmt: skip
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(PY).parent), "/usr/bin", "/bin"])}
+    run = subprocess.run([PY, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=100)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"torch {torch.__version__}" in run.stdout and "ray imported: False" in run.stdout
+    assert "cuDNN" in run.stdout and "NCCL" in run.stdout and "nvidia-smi: no GPU" in run.stdout
+    if torch.cuda.is_available():
+        pytest.skip("the failing cases need a machine whose torch cannot use a GPU")
+    # A GPU worker's setup where nothing answers: --expect-gpu fails.
+    assert env_report.main(["--expect-gpu"]) == 1
+    assert "a GPU was expected" in capsys.readouterr().err
+    # A node whose driver lists a GPU but whose torch cannot use it (here: the CPU wheel).
+    fake_nvidia_smi(tmp_path, "NVIDIA A10G, 595.91.07\\n", "13.2")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path), os.environ["PATH"]]))
+    assert env_report.main([]) == 1
+    out, err = capsys.readouterr()
+    assert "GPU 0: NVIDIA A10G, driver 595.91.07" in out and "up to 13.2" in out
+    assert "torch.cuda.is_available() is False" in err
+    assert ("CPU build" in err) == (torch.version.cuda is None)
+    # The driver-versus-wheel rule, on its own: a CUDA 13 wheel needs a CUDA 13 driver.
+    old = env_report.Driver(gpus=(("NVIDIA A10G", "535.1"),), cuda="12.2")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    problems = env_report.report(old).problems
+    assert any("the driver supports CUDA 12.2, the wheel needs CUDA 13.0" in p for p in problems)
+    fine = env_report.Driver(gpus=old.gpus, cuda="13.2")
+    assert not any("driver supports" in p for p in env_report.report(fine).problems)
 
 
 # --- token-authenticated head on loopback, job submission -------------------------------------

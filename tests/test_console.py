@@ -67,7 +67,7 @@ def test_console_shows_header_events_result_and_report_path_and_logs_the_rest(sm
     assert result.startswith("WAR ") and result in report.read_text().replace("**", "")
     # Ray's, Tune's and the workers' chatter is in the log file, not on the console.
     text = log.read_text()
-    for chatter in ("Running in local mode", "Reported metrics", "execution finished"):
+    for chatter in ("Configuration for experiment", "Number of trials", "Search algorithm"):
         assert chatter in text and chatter not in proc.stdout, chatter
     assert "outer fold 1/1 finished" in text  # our lines are in the log too, in order
 

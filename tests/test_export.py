@@ -80,6 +80,14 @@ def test_export_round_trip_matches_eager_at_other_batch_sizes(kind, model, fmt, 
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         # outputs differ between items: the comparison is not between constants
         assert batch == 1 or (ref[-1][:1] - ref[-1]).abs().max() > 1e-5
+    # The file names no device (it was exported on the CPU and must run on a GPU as well) ...
+    graph = torch.jit.load(str(out)) if fmt == "torchscript" else torch.export.load(str(out))
+    assert export.hardcoded_devices(graph) == []
+    if fmt == "exported":
+        # ... and runs where its weights and input are: on "meta" (shapes, no data), a device
+        # other than the one it was exported on, as far as a machine without a GPU can go.
+        diffs = export.run_exported_on(str(out), "meta")
+        assert list(diffs) == meta["outputs"]
 
 
 def test_exported_program_file_loads_with_plain_torch(tmp_path):
@@ -99,3 +107,54 @@ def test_sistcm_torchscript_is_refused_with_a_clear_message(tmp_path):
     ckpt = _checkpoint(tmp_path / "model.pt", "facial")
     with pytest.raises(ValueError, match="use --format exported"):
         export.export_checkpoint(ckpt, str(tmp_path / "m.ts"), "torchscript")
+
+
+class _BakesItsDevice(torch.nn.Module):
+    """What the device checks must catch: ``device=x.device``, traced on the CPU, becomes the
+    constant ``cpu``; so does the zero state ``nn.LSTM`` makes when it is given none."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 3, batch_first=True)
+
+    def forward(self, x):
+        offset = torch.ones(x.shape[-1], device=x.device)
+        seq, _ = self.lstm(x + offset)  # (B, T, 3)
+        return (seq[:, -1],)
+
+
+def test_device_checks_catch_a_graph_that_bakes_its_device():
+    x = torch.rand(2, 5, 4)
+    dims = ({0: torch.export.Dim.AUTO},)
+    program = export.release_device_asserts(
+        torch.export.export(_BakesItsDevice().eval(), (x,), dynamic_shapes=dims)
+    )
+    found = export.hardcoded_devices(program)
+    assert any("aten.ones" in f and "device=cpu" in f for f in found), found
+    assert sum("aten.zeros" in f for f in found) == 2, found  # the LSTM's h0 and c0
+    with pytest.raises(ValueError, match="names a device"):
+        export._refuse_device_constants(program, "toy")
+    with torch.no_grad():
+        traced = torch.jit.trace(_BakesItsDevice().eval(), (x,), check_trace=False)
+    assert export.hardcoded_devices(traced)
+    with pytest.raises(RuntimeError, match="device"):  # and it really fails elsewhere
+        program.module().to("meta")(x.to("meta"))
+
+
+def test_input_metadata_asserts_keep_dtype_and_drop_device():
+    """``x.float()`` of a uint8 input makes torch.export assert the input's dtype AND device;
+    the device goes, the dtype check stays."""
+
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            return (x.float() / 255.0,)
+
+    x = torch.randint(0, 256, (2, 3), dtype=torch.uint8)
+    program = torch.export.export(Scale(), (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    assert export.hardcoded_devices(program)  # as torch.export writes it
+    program = export.release_device_asserts(program)
+    assert export.hardcoded_devices(program) == []
+    module = program.module()
+    torch.testing.assert_close(module(x)[0], x.float() / 255.0)
+    with pytest.raises(Exception, match="(?i)dtype"):
+        module(x.float())

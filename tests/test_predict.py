@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,94 @@ def test_prediction_is_frozen():
     with pytest.raises(AttributeError):
         pred.label = "b"
     assert replace(pred, label="b").label == "b"
+
+
+# --- --device cuda: GPUs for the actors, nothing on the driver's GPU ---------------------------
+
+
+class _Stop(Exception):
+    """Raised by a patched ``map_batches`` once the model actors' call has been seen."""
+
+
+def test_actor_resources_ask_ray_for_gpus_on_cuda_only():
+    from distributed.cli import UsageError
+    from distributed.predict_batch import actor_device, actor_resources
+
+    assert actor_resources("cpu") == {"num_cpus": 1}
+    assert actor_resources("cuda") == {"num_cpus": 1, "num_gpus": 1.0}
+    assert actor_resources("cuda:1", 0.25) == {"num_cpus": 1, "num_gpus": 0.25}
+    assert actor_resources("cuda", 2) == {"num_cpus": 1, "num_gpus": 2.0}
+    for device, gpus in (("cuda", 0), ("cuda", -1), ("cuda", 1.5), ("cpu", 0.5)):
+        with pytest.raises(UsageError, match="--gpus-per-actor"):
+            actor_resources(device, gpus)
+    with pytest.raises(UsageError, match="not a device"):
+        actor_resources("gpu")
+    # Ray shows an actor only its own GPU(s): an index named on the command line means nothing
+    assert actor_device("cuda:3") == actor_device("cuda") == "cuda"
+    assert actor_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("device,gpus,expected", [("cuda", None, 1.0), ("cuda", 0.5, 0.5),
+                                                  ("cpu", None, None)])  # fmt: skip
+def test_batch_prediction_on_cuda_asks_ray_for_gpus(facial_ckpt, ray_session, monkeypatch,
+                                                    device, gpus, expected):  # fmt: skip
+    """The actor pool's ``map_batches`` call requests GPUs exactly when the model runs on
+    CUDA; the job stops there (no GPU here to run it on)."""
+    import ray.data
+
+    from distributed import predict_batch
+
+    seen = []
+    original = ray.data.Dataset.map_batches
+
+    def recording(self, fn, *args, **kwargs):
+        if fn is predict_batch.ModelActor:
+            seen.append(kwargs)
+            raise _Stop
+        return original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
+    data = Path(facial_ckpt).read_bytes()
+    extra = {} if gpus is None else {"gpus_per_actor": gpus}
+    with pytest.raises(_Stop):
+        predict_batch.predict_ray(data, [("a", "a.avi")], device=device, actors=2, **extra)
+    (kwargs,) = seen
+    assert kwargs.get("num_gpus") == expected and kwargs["num_cpus"] == 1
+    assert kwargs["concurrency"] == 2
+    assert kwargs["fn_constructor_kwargs"]["device"] == device
+
+
+def test_cuda_prediction_loads_nothing_on_the_driver_gpu(facial_ckpt, monkeypatch, capsys):
+    """``predict --device cuda --batch`` on a machine without a GPU (a cluster's head): the
+    driver reads the checkpoint on the CPU and hands the device to the Ray Data job."""
+    from distributed import predict_batch
+
+    locations, calls = [], []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        locations.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    def fake_predict_ray(checkpoint, items, **kwargs):
+        calls.append(kwargs)
+        return [{"id": i, "path": p, "status": "error", "error": "not run"} for i, p in items]
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    monkeypatch.setattr(predict_batch, "predict_ray", fake_predict_ray)
+    args = ["x.avi", "--checkpoint", facial_ckpt, "--device", "cuda"]
+
+    def run(*extra):
+        parsed = predict.build_parser().parse_args([*args, "--batch", *extra])
+        return predict.predict(predict.PredictArgs(**vars(parsed)))
+
+    results, predictor = run()
+    assert locations and all(str(loc) == "cpu" for loc in locations), locations
+    assert predictor.device.type == "cpu" and [r["id"] for r in results] == ["x"]
+    assert calls[-1]["device"] == "cuda"
+    run("--gpus-per-actor", "0.5")
+    assert calls[-1]["device"] == "cuda" and calls[-1]["gpus_per_actor"] == 0.5
+    # In this process --device cuda needs a GPU here: without one, one clear line, exit 2.
+    if not torch.cuda.is_available():
+        assert predict.main(args) == 2
+        assert "--device cuda: not usable on this machine" in capsys.readouterr().err
