@@ -38,7 +38,7 @@ class EpochStats:
     workers once per epoch.
 
     Nothing here waits for the device during an epoch: the loss is summed as a tensor and each
-    head's predictions go into a confusion matrix with ``bincount`` on the device. The one
+    head's predictions go into a confusion matrix on the device (``index_add_``). The one
     host-device sync is :meth:`all_reduce` (or :meth:`metrics`) at the end of the epoch, and the
     tensor handed to the collective lives on ``device`` (NCCL has no CPU tensors).
     """
@@ -59,9 +59,11 @@ class EpochStats:
         self.count += n
         self._loss += torch.as_tensor(loss, device=self.device).detach().double() * n
         y = y.to(self.device)
+        ones = torch.ones(n, dtype=torch.float64, device=self.device)
         for i, h in enumerate(self.heads):
             pred = outputs[h].detach().argmax(dim=1).to(self.device)
-            self._cms[i] += torch.bincount(y * self.k + pred, minlength=self.k**2).double()
+            # index_add_ into the fixed-size matrix: bincount would read the max back first
+            self._cms[i].index_add_(0, y * self.k + pred, ones)
         self._host = None
 
     def all_reduce(self) -> None:
