@@ -116,6 +116,19 @@ def per_worker_batch(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
+def for_device(
+    model: torch.nn.Module, device: torch.device, world: int, batch: int
+) -> torch.nn.Module:
+    """The model as it trains on ``device``: on CUDA channels-last (the frames arrive NHWC) and,
+    with several workers of fewer than :data:`SYNC_BN_BELOW` rows each, with BatchNorm
+    synchronised across workers (PyTorch's SyncBatchNorm runs on GPUs only)."""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        if world > 1 and batch < SYNC_BN_BELOW:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -280,12 +293,7 @@ def train_folds(config: dict, host: Host) -> None:
         spec = folds[j]
         torch.manual_seed(cfg.seed + 1000 * j)
         np.random.seed(cfg.seed + 1000 * j)
-        model = build(cfg, data)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)  # the frames arrive NHWC
-            if host.world > 1 and batch < SYNC_BN_BELOW:
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = host.prepare_model(model)
+        model = host.prepare_model(for_device(build(cfg, data), device, host.world, batch))
         opt, sched = make_optimizer(cfg, model)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         start_epoch, best, best_epoch, best_state = 0, -1.0, -1, None

@@ -220,3 +220,101 @@ def test_gpu_trials_plan_concurrency_and_placement_from_gpus():
     assert strategy == "PACK" and "span nodes" in note
     assert trial_placement(8, 1, [], True)[0] == "STRICT_PACK"
     assert trial_placement(1, 1, [1], False)[0] == "PACK"
+
+
+def test_on_a_gpu_the_model_is_channels_last_with_sync_bn_for_small_per_worker_batches():
+    """What the loop does to a model for CUDA (checked on the CPU: neither step needs a GPU)."""
+    from torch.nn import SyncBatchNorm
+
+    from distributed.loop import Pinned, for_device, make_collate
+
+    cfg = default_config("facial", clips=1, frames=2, lstm1=8, lstm2=4)
+
+    def model():
+        from branches import DataInfo
+        from distributed.steps import build
+
+        return build(cfg, DataInfo(("a", "b"), {"size": 32}), pretrained=False)
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def synced(m):
+        return any(isinstance(x, SyncBatchNorm) for x in m.modules())
+
+    small = for_device(model(), cuda, world=2, batch=8)
+    assert synced(small)
+    conv = next(m for m in small.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not synced(for_device(model(), cuda, world=2, batch=16))  # large enough per worker
+    assert not synced(for_device(model(), cuda, world=1, batch=8))  # nothing to synchronise
+    assert not synced(for_device(model(), cpu, world=2, batch=8))  # GPU-only in PyTorch
+    # batches bound for a GPU are pinned on the feed's thread (for non-blocking copies)
+    assert isinstance(make_collate(cfg, True, 0, frozenset(), cuda), Pinned)
+    assert not isinstance(make_collate(cfg, True, 0, frozenset(), cpu), Pinned)
+
+
+def test_precision_is_resolved_per_device_and_old_configs_convert():
+    from distributed.config import ConfigError, TrainConfig
+    from distributed.loop import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        default_config("gesture", precision="fp8")
+    old = default_config("gesture").to_dict()
+    del old["precision"]
+    for amp, precision in ((True, "auto"), (False, "fp32")):
+        blob = {**old, "schema": 2, "amp": amp}
+        assert TrainConfig.from_dict(blob).precision == precision
+
+
+class RecordingHost(PlainHost):
+    """World 1, no process group: records which epochs came with a checkpoint directory."""
+
+    def __init__(self, folds):
+        super().__init__(0, 1, folds)
+        self.saved = []
+
+    def prepare_model(self, model):
+        return model
+
+    def report(self, metrics, directory):
+        super().report(metrics, directory)
+        self.saved.append(directory is not None)
+
+
+def test_checkpoints_on_improvement_every_n_epochs_and_at_the_last(gesture_shards):
+    """Not every epoch (at GPU speed the write would dominate short epochs): an epoch is saved
+    when it improved the fold's best validation score, every ``checkpoint_every`` epochs, and at
+    the fold's last epoch."""
+    from distributed import loop
+    from distributed.stream import StreamedFold
+
+    manifest = read_manifest(gesture_shards)
+    key, protocol = read_protocol(gesture_shards, manifest)
+    spec = outer_fold_spec(protocol, key, 0, 0)
+    columns = ("id", "label", "n_frames", "n_joints", "dims", "joints", "confidence")
+    groups = [g for f in shards.shard_files(gesture_shards) for g in shards.row_groups(f, columns)]
+    folds = {
+        "train0": StreamedFold.plan(groups, columns, spec.train, split=True),
+        "val0": StreamedFold.plan(groups, columns, spec.val, split=False),
+    }
+    cfg = default_config("gesture", **{**SMALL, "epochs": 12, "lr": 0.05})
+    host = RecordingHost(folds)
+    config = {
+        "train": cfg.to_dict(),
+        "data": data_info(manifest).to_json(),
+        "folds": [{"train": "train0", "val": "val0", "fold": spec.trained_on.to_json()}],
+        "threads": 1,
+        "model_writer": None,
+        "checkpoint_every": 5,
+    }
+    threads = torch.get_num_threads()
+    try:
+        loop.train_folds(config, host)
+    finally:
+        torch.set_num_threads(threads)
+    improved = [m["best_epoch"] == m["epoch"] for m in host.reports]
+    expected = [imp or e in (4, 9, 11) for e, imp in enumerate(improved)]
+    assert host.saved == expected
+    assert not all(host.saved)  # the learning rate is high enough for some epochs not to improve
