@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/feed.py --quick  # 1,000 clips, fewer passes, no 4x memory run
     .venv/bin/python benchmarks/feed.py --size 112 --clips 1000 --scale 1 --no-step
                                                  # (a) only, on realistic frames
+    .venv/bin/python benchmarks/feed.py --smoke  # (a), (b) and (c) at toy sizes, one pass
 
 (a) One epoch of the training feed, forced to stream (materialisation budget 0): the fold
     (``distributed.trainer.prepare_datasets``, a ``distributed.stream.StreamedFold``) read as a
@@ -64,10 +65,17 @@ class FeedBench:
     repeats: int = 5  # passes of ~0.5 s: the median of 5 steadies the ratio
     scale: int = 4  # (b): the larger set holds scale x clips
     step: bool = True  # (c)
+    step_sizes: tuple[int, ...] = (112, 224)  # (c): frame sides of the SISTCM step
+    step_repeats: int = 3  # (c): timed steps (median), after one warm-up step
 
 
 FULL = FeedBench()
 QUICK = FeedBench(clips=1000, repeats=2, scale=1, step=False)
+# Smoke: every part, (b) with its two child processes included, at toy sizes.
+SMOKE = FeedBench(
+    clips=40, n_frames=4, size=16, per_shard=10, batch=4, repeats=1, scale=2, step_sizes=(32,),
+    step_repeats=1,
+)  # fmt: skip
 
 
 def write_set(root: Path, cfg: FeedBench, copies: int = 1) -> list[str]:
@@ -245,7 +253,7 @@ def epoch_memory(root: Path, cfg: FeedBench, scratch: Path) -> dict:
     return out
 
 
-def step_need() -> list[tuple]:
+def step_need(cfg: FeedBench) -> list[tuple]:
     """Frames/s one SISTCM training step consumes on this CPU (benchmarks/models.py's step)."""
     import importlib.util
 
@@ -259,9 +267,9 @@ def step_need() -> list[tuple]:
     Case, measure = bench.Case, bench.measure
 
     rows = []
-    for size in (112, 224):
+    for size in cfg.step_sizes:
         case = Case(batch=2, clips=5, frames=2, size=size)
-        t = measure(case, repeats=3, warmup=1, channels_last=True)["sistcm_train"]
+        t = measure(case, repeats=cfg.step_repeats, warmup=1, channels_last=True)["sistcm_train"]
         frames = case.batch * case.clips * case.frames
         rows.append(
             (size, f"{t:.2f}", f"{frames / t:.1f}", f"{frames / t * size * size * 3 / MB:.2f}")
@@ -281,18 +289,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smaller set, fewer passes")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes (a test runs it)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--size", type=int, help="frame side in px (default 32)")
     parser.add_argument("--clips", type=int, help="clips in the 1x set (default 3000)")
     parser.add_argument("--scale", type=int, help="(b): the larger set's multiple; 1 skips (b)")
     parser.add_argument("--no-step", action="store_true", help="skip (c)")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
     given = {"size": args.size, "clips": args.clips, "scale": args.scale}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     if args.no_step:
         cfg = replace(cfg, step=False)
-    print(f"feed benchmark {'(quick)' if args.quick else ''}: {cfg}")
+    mode = "(smoke)" if args.smoke else "(quick)" if args.quick else ""
+    print(f"feed benchmark {mode}: {cfg}")
     print(f"start: {_util.machine_load()}")
     summary = []
     with _util.scratch_dir(args.keep) as scratch:
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.step:
         print(f"\n(c) what one SISTCM worker consumes on this CPU ({_util.machine_load()})")
-        print_table(step_need(), ("S", "train step s", "frames/s", "MB/s uint8"))
+        print_table(step_need(cfg), ("S", "train step s", "frames/s", "MB/s uint8"))
     print(f"\nsummary ({_util.machine_load()})")
     print_table(summary, ("ratio", "measured", "target", "met"))
     return 0

@@ -7,6 +7,7 @@ warm-up, and the median of the repeats is reported with the ratio SISTCM / plain
 
     .venv/bin/python benchmarks/models.py            # C=5, K in {2, 4}, B=2, S in {112, 224}
     .venv/bin/python benchmarks/models.py --quick    # S=112 only, fewer repeats (~20 s)
+    .venv/bin/python benchmarks/models.py --smoke    # one toy case (B=1 C=2 K=2 S=32), 1 repeat
 """
 
 from __future__ import annotations
@@ -92,16 +93,22 @@ def measure(case: Case, repeats: int, warmup: int, channels_last: bool) -> dict[
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="S=112 only, 3 repeats")
-    parser.add_argument("--smoke", action="store_true", help="alias of --quick")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one toy case, 1 repeat, no warm-up (a test runs it)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nchw", action="store_true", help="contiguous NCHW instead of NHWC")
     args = parser.parse_args(argv)
-    quick = args.quick or args.smoke
     torch.set_num_threads(args.threads)
-    repeats = args.repeats or (3 if quick else 5)
-    sizes = (112,) if quick else (112, 224)
-    cases = [Case(2, 5, k, s) for s in sizes for k in (2, 4)]
+    warmup = 1
+    if args.smoke:
+        repeats, warmup = args.repeats or 1, 0
+        cases = [Case(1, 2, 2, 32)]
+    else:
+        repeats = args.repeats or (3 if args.quick else 5)
+        sizes = (112,) if args.quick else (112, 224)
+        cases = [Case(2, 5, k, s) for s in sizes for k in (2, 4)]
     layout = "NCHW" if args.nchw else "channels_last"
     print(f"torch {torch.__version__}, {args.threads} threads, {layout}, median of {repeats}")
     print(
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for case in cases:
-        r = measure(case, repeats, warmup=1, channels_last=not args.nchw)
+        r = measure(case, repeats, warmup=warmup, channels_last=not args.nchw)
         n = case.batch * case.clips * case.frames
         print(
             f"{case.batch:>2} {case.clips:>2} {case.frames:>2} {case.size:>4} {n:>6} | "

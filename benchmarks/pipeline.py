@@ -5,6 +5,7 @@ The training feed (a streamed fold vs plain pyarrow) is ``benchmarks/feed.py``.
     .venv/bin/python benchmarks/pipeline.py          # N = 8 videos, 10N = 80, 16 frames, S = 224
     .venv/bin/python benchmarks/pipeline.py --quick  # 8-frame videos, 3 Ray jobs instead of 4
     .venv/bin/python benchmarks/pipeline.py --scale 40  # 4x the videos (less start-up share)
+    .venv/bin/python benchmarks/pipeline.py --smoke  # as --quick with N = 4, 10N = 8 tiny videos
 
 (a) Preprocessing speed-up, 2 Ray CPUs vs 1 (target >= 1.7x): ``python -m distributed.preprocess
     facial`` run twice on the same synthetic source (10N MJPEG videos: decode, Haar detection,
@@ -70,6 +71,8 @@ FULL = PipelineBench()
 # Quick: shorter videos, and the 10N memory run is the 2-CPU run of (a) (sampled while it runs;
 # the sampler costs a few % of a core, so the full run keeps the two apart).
 QUICK = PipelineBench(n_frames=8, job_repeats=1)
+# Smoke: every part of the quick run (3 Ray instances, the plain loop) on 4 and 8 tiny videos.
+SMOKE = PipelineBench(subjects=1, scale=2, n_frames=4, size=32, job_repeats=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,13 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer passes")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes (a test runs it)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--scale", type=int, default=None, help="10N = this many times N")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    quick = args.quick or args.smoke  # the smoke run is a quick run at toy sizes
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.scale:
         cfg = replace(cfg, scale=args.scale)
-    print(f"pipeline benchmark {'(quick)' if args.quick else ''}: {cfg}")
+    mode = "(smoke)" if args.smoke else "(quick)" if args.quick else ""
+    print(f"pipeline benchmark {mode}: {cfg}")
     print(f"start: {_util.machine_load()}")
     with _util.scratch_dir(args.keep) as scratch:
         t0 = time.perf_counter()
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         # (a) same 10N source, 1 then 2 Ray CPUs, each a fresh Ray instance and output
         reps = cfg.job_repeats
         one = run_preprocess(large, scratch / "out-cpu1", 1, cfg, scratch, False, reps)
-        two = run_preprocess(large, scratch / "out-cpu2", 2, cfg, scratch, args.quick, reps)
+        two = run_preprocess(large, scratch / "out-cpu2", 2, cfg, scratch, quick, reps)
         load_a = _util.machine_load()
         speedup = one["job_s"] / two["job_s"]
         print(f"\n(a) preprocessing {n10} videos at S={cfg.size} ({load_a})")
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # (b) N vs 10N with 2 CPUs, memory of the whole process tree sampled from /proc
         mem_n = run_preprocess(small, scratch / "mem-n", 2, cfg, scratch, sample=True)
-        if args.quick:
+        if quick:
             mem_10n = two
         else:
             mem_10n = run_preprocess(large, scratch / "mem-10n", 2, cfg, scratch, sample=True)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pose.py            # 12 videos x 24 frames, 2 runs per setting
     .venv/bin/python benchmarks/pose.py --quick    # 6 videos, 1 run per setting
+    .venv/bin/python benchmarks/pose.py --smoke    # 2 videos x 4 frames, 1 run per setting
 
 The videos: the astronaut, Grace Hopper and the cameraman pasted onto a 512x400 grey canvas
 that moves and grows over the clip (as in tests/test_pose.py), written once as MJPG AVI files.
@@ -58,12 +59,12 @@ def people() -> list[np.ndarray]:
     ]
 
 
-def moving_clip(photo: np.ndarray, phase: int) -> np.ndarray:
-    """(N_FRAMES, H, W, 3): the photo moving right and down and growing; ``phase`` varies the
+def moving_clip(photo: np.ndarray, phase: int, n_frames: int = N_FRAMES) -> np.ndarray:
+    """(n_frames, H, W, 3): the photo moving right and down and growing; ``phase`` varies the
     path a little so no two videos are identical."""
-    frames = np.full((N_FRAMES, CANVAS_H, CANVAS_W, 3), 96, np.uint8)
-    for t in range(N_FRAMES):
-        s = 0.45 + 0.15 * t / (N_FRAMES - 1)
+    frames = np.full((n_frames, CANVAS_H, CANVAS_W, 3), 96, np.uint8)
+    for t in range(n_frames):
+        s = 0.45 + 0.15 * t / (n_frames - 1)
         w, h = round(photo.shape[1] * s), round(photo.shape[0] * s)
         x0, y0 = 10 + 6 * t - phase, 10 + t + phase
         small = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
@@ -71,13 +72,13 @@ def moving_clip(photo: np.ndarray, phase: int) -> np.ndarray:
     return frames
 
 
-def write_videos(folder: Path, n_videos: int) -> list[str]:
+def write_videos(folder: Path, n_videos: int, n_frames: int = N_FRAMES) -> list[str]:
     from datasets.synthetic import write_video
 
     photos = people()
     paths = []
     for i in range(n_videos):
-        frames = moving_clip(photos[i % len(photos)], phase=i // len(photos))
+        frames = moving_clip(photos[i % len(photos)], phase=i // len(photos), n_frames=n_frames)
         paths.append(str(write_video(folder / f"clip{i:02d}.avi", frames, quality=90)))
     return paths
 
@@ -142,15 +143,21 @@ def run_loop(paths: list[str], repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 videos, 1 run per setting")
+    parser.add_argument(
+        "--smoke", action="store_true", help="2 videos x 4 frames, 1 run each (a test runs it)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
     if not mediapipe_available():
         print(f"benchmarks/pose.py skipped: {INSTALL_HINT}")
         return 0
     n_videos, repeats = (6, 1) if args.quick else (12, 2)
+    n_frames = N_FRAMES
+    if args.smoke:
+        n_videos, repeats, n_frames = 2, 1, 4
     print(_util.machine_load(), flush=True)
     with _util.scratch_dir(keep=args.keep) as scratch:
-        paths = write_videos(scratch, n_videos)
+        paths = write_videos(scratch, n_videos, n_frames)
         loop = run_loop(paths, repeats)
         rays = {n: run_ray(n, repeats, paths, scratch) for n in (1, 2)}
     base_fps = loop["frames"] / min(loop["jobs_s"])
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"runs {runs} s, Ray start {r['ray_start_s']:.1f} s",
             )
         )
-    print(f"\n{n_videos} videos x {N_FRAMES} frames of {CANVAS_W}x{CANVAS_H}, best of {repeats}")
+    print(f"\n{n_videos} videos x {n_frames} frames of {CANVAS_W}x{CANVAS_H}, best of {repeats}")
     print_table(rows, ("setting", "time s", "frames/s", "vs loop", "person found", "notes"))
     one, two = (rays[n]["frames"] / min(rays[n]["jobs_s"]) for n in (1, 2))
     print(f"Ray 2 CPUs vs 1 CPU: {two / one:.2f}x")

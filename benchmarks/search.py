@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/search.py            # 18-point grid x 8 epochs, TPE+ASHA x 3 seeds
     .venv/bin/python benchmarks/search.py --quick    # 4 epochs, one TPE+ASHA seed
     .venv/bin/python benchmarks/search.py --protocol epochs   # ASHA rungs every epoch
+    .venv/bin/python benchmarks/search.py --smoke    # a 2-point grid, 1 epoch, up to 2 TPE trials
 
 Task: the synthetic gesture set (``datasets.synthetic_gesture.generate_gestures``), missing
 joints filled as preprocessing does, the representation built once per kind with
@@ -87,6 +88,11 @@ class SearchBench:
 
 FULL = SearchBench()
 QUICK = SearchBench(epochs=4, seeds=(0,))
+# Smoke: both searches and the report on a 2-point space, 1 epoch, toy representations.
+SMOKE = SearchBench(
+    per_class=1, rep_size=16, rep_length=16, epochs=1, representations=("timeline",),
+    widths=(8, 16), lrs=(3e-3,), tpe_samples=2, startup_trials=1, seeds=(0,),
+)  # fmt: skip
 
 
 def build_data(cfg: SearchBench) -> dict:
@@ -297,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer epochs, one TPE seed")
+    parser.add_argument("--smoke", action="store_true", help="toy space and data (a test runs it)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument(
         "--protocol",
@@ -305,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         help="ASHA rungs: whole inner folds, as distributed.tune (default), or single epochs",
     )
     args = parser.parse_args(argv)
-    cfg = replace(QUICK if args.quick else FULL, protocol=args.protocol)
-    print(f"search benchmark {'(quick)' if args.quick else ''}: {cfg}")
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    cfg = replace(cfg, protocol=args.protocol)
+    mode = "(smoke)" if args.smoke else "(quick)" if args.quick else ""
+    print(f"search benchmark {mode}: {cfg}")
     print(f"start: {_util.machine_load()}")
     with _util.scratch_dir(args.keep) as scratch:
         _util.use_private_ray_tmp(scratch)

@@ -3,6 +3,7 @@ S3-compatible server vs the same files on local disk, measured side by side in o
 
     .venv/bin/python benchmarks/storage.py          # 320 rows of 16 frames at S = 112
     .venv/bin/python benchmarks/storage.py --quick  # 96 rows, 2 passes each
+    .venv/bin/python benchmarks/storage.py --smoke  # 16 rows of 4 frames at 48 px, 1 pass each
 
 The same facial shard files (synthetic smooth uint8 frames, zstd Parquet, 16 rows per file) are
 written to a local folder and to a bucket of moto's S3 server, which runs in its own process on
@@ -58,6 +59,7 @@ class StorageBench:
 
 FULL = StorageBench()
 QUICK = StorageBench(rows=96, passes=2)
+SMOKE = StorageBench(rows=16, frames=4, size=48, per_file=8, batch=4, passes=1)
 
 
 def start_moto(scratch: Path) -> tuple[subprocess.Popen, str]:
@@ -112,10 +114,14 @@ def synthetic_rows(cfg: StorageBench, seed: int = 0):
 
 
 def write_set(roots: list[str], cfg: StorageBench) -> tuple[list[str], int]:
-    """The same shard files under every root; (row ids, stored bytes of one copy)."""
+    """The same shard files under every root; (row ids, stored bytes of one copy).
+
+    Rows are written in id order, as preprocessing writes them: a row group's ``id`` range then
+    holds only its own rows, which a streamed fold's plan relies on (row groups of several rows,
+    as small frames give, would otherwise overlap)."""
     from datasets import shards, storage
 
-    rows = list(synthetic_rows(cfg))
+    rows = sorted(synthetic_rows(cfg), key=lambda r: r.id)
     total = 0
     for j, start in enumerate(range(0, len(rows), cfg.per_file)):
         sink_table = shards.facial_table(rows[start : start + cfg.per_file])
@@ -188,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="96 rows, 2 passes per reader and store")
+    p.add_argument("--smoke", action="store_true", help="toy sizes, 1 pass (a test runs it)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = p.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
     print(f"storage benchmark ({_util.machine_load()})", flush=True)
     with _util.scratch_dir(args.keep) as scratch:
         moto, endpoint = start_moto(scratch)

@@ -2,15 +2,19 @@
 
     .venv/bin/python benchmarks/train.py            # 24 videos, S = 112, 3 epochs (~3-4 min)
     .venv/bin/python benchmarks/train.py --quick    # 16 videos, S = 64, 2 epochs (~2-3 min)
+    .venv/bin/python benchmarks/train.py --smoke    # the same path at toy sizes, 1 epoch
 
 Everything runs through the real path: synthetic MJPEG videos are written and preprocessed with
-``python -m distributed.preprocess``'s job into shards, then ``distributed.train.fit_folds`` fits
-SISTCM + TLSTM with Ray Train (TorchTrainer, DDP over gloo, the shard read as a Ray dataset and
-consumed with ``iter_torch_batches(prefetch_batches=2)`` and the per-epoch clip-sampling collate)
-on one local Ray instance with 2 CPUs, first with 1 worker, then with 2.
+``python -m distributed.preprocess``'s job into shards, the fold of every row is read once
+(``distributed.trainer.prepare_datasets``: a fold under the materialisation budget becomes a Ray
+dataset in the object store), then ``distributed.trainer.fit_folds`` fits SISTCM + TLSTM with Ray
+Train (TorchTrainer, DDP over gloo, the dataset split among the workers and consumed with
+``iter_torch_batches(prefetch_batches=2)`` and the per-epoch clip-sampling collate) on one local
+Ray instance with 2 CPUs, first with 1 worker, then with 2.
 
 Config: the paper's clips C = 5 and clip length K = 2, the demo's small LSTMs (H1 = 32, H2 = 16:
-the cheapest step, so the least flattering for the data-wait figure), batch 4 per worker, SGD.
+the cheapest step, so the least flattering for the data-wait figure), SGD, a global batch of
+4 (``fit_folds`` splits it: 2 rows per worker with 2 workers).
 Measured per epoch by the worker loop (``Fit.history``):
 
 - data-wait fraction: time rank 0 spends in ``next(batch iterator)`` / its training-epoch time
@@ -39,6 +43,7 @@ import _util  # noqa: E402
 _util.ensure_repo_on_path()
 
 from datasets import shards  # noqa: E402
+from datasets.manifest import read_manifest  # noqa: E402
 from distributed.common import print_table  # noqa: E402
 
 
@@ -61,6 +66,8 @@ class TrainBench:
 
 FULL = TrainBench()
 QUICK = TrainBench(subjects=4, size=64, epochs=2)
+# Smoke: the whole path (preprocessing, both worker counts, the tables) at toy sizes.
+SMOKE = TrainBench(subjects=4, n_frames=4, size=32, clips=2, lstm1=8, lstm2=4, epochs=1)
 
 
 def make_shards(scratch: Path, cfg: TrainBench) -> str:
@@ -77,12 +84,19 @@ def make_shards(scratch: Path, cfg: TrainBench) -> str:
     return str(out)
 
 
-def run_fit(shards_root: str, cfg: TrainBench, workers: int, scratch: Path) -> dict:
+def every_row(root: str):
+    """The datasets of one fold of every row, no validation split (read once, shared by fits)."""
+    from distributed.trainer import FoldSpec, prepare_datasets
+
+    ids = tuple(shards.read_table(root, columns=["id"])["id"].to_pylist())
+    return prepare_datasets(root, [FoldSpec(ids, None)])
+
+
+def run_fit(data, cfg: TrainBench, workers: int, scratch: Path) -> dict:
     """One ``fit_folds`` over every row (no validation split); per-epoch figures."""
     from distributed.config import default_config
-    from distributed.train import FoldSpec, fit_folds
+    from distributed.trainer import Resources, fit_folds
 
-    ids = tuple(shards.read_table(shards_root, columns=["id"])["id"].to_pylist())
     tcfg = default_config(
         "facial",
         clips=cfg.clips,
@@ -95,11 +109,10 @@ def run_fit(shards_root: str, cfg: TrainBench, workers: int, scratch: Path) -> d
     t0 = time.perf_counter()
     fit = fit_folds(
         tcfg,
-        shards_root,
-        [FoldSpec(ids, None, {"outer": None, "inner": None, "benchmark": True})],
-        workers=workers,
+        data,
         storage_path=str(scratch / "runs"),
         name=f"bench-{workers}w",
+        resources=Resources(workers),
         write_model=False,
     )
     wall = time.perf_counter() - t0
@@ -128,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer, smaller videos; 2 epochs")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, 1 epoch (a test runs it)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    print(f"training benchmark {'(quick)' if args.quick else ''}: {cfg}")
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    mode = "(smoke)" if args.smoke else "(quick)" if args.quick else ""
+    print(f"training benchmark {mode}: {cfg}")
     print(f"start: {_util.machine_load()}")
     runs, loads = [], []
     with _util.scratch_dir(args.keep) as scratch:
@@ -140,16 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t0 = time.perf_counter()
             root = make_shards(scratch, cfg)
-            n = shards.read_manifest(root)["counts"]["written"]
+            n = read_manifest(root).counts.written
             print(f"{n} videos preprocessed at S={cfg.size} in {time.perf_counter() - t0:.1f} s")
+            data = every_row(root)
             for w in cfg.workers:
-                runs.append(run_fit(root, cfg, w, scratch))
+                runs.append(run_fit(data, cfg, w, scratch))
                 loads.append(_util.machine_load())
         finally:
             ray.shutdown()
 
     print(
-        f"\nSISTCM+TLSTM, C={cfg.clips} K={cfg.frames} S={cfg.size}, batch {cfg.batch_size}/worker,"
+        f"\nSISTCM+TLSTM, C={cfg.clips} K={cfg.frames} S={cfg.size}, global batch {cfg.batch_size},"
         f" {n} training videos, Ray with 2 CPUs"
     )
     rows = []
