@@ -11,6 +11,8 @@ this interface. No Ray here: collates are plain callables that Ray wraps at its 
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
@@ -72,6 +74,33 @@ class Demo:
 
 def config_fields(cls) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+def check_field_types(config) -> None:
+    """Each field of a frozen config dataclass holds a value of its declared type: an ``int``
+    field a whole number (not a bool), a ``float`` field a finite real number, a ``bool`` field
+    True or False, a ``str`` field a string (``str | None``: or None); numbers are stored as
+    Python ``int`` / ``float`` (numpy's too). ValueError naming the field and the value
+    otherwise. Fields of other types are left to the config's own checks."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in ("int", "float"):
+            number = numbers.Integral if kind == "int" else numbers.Real
+            ok = isinstance(value, number) and not isinstance(value, (bool, np.bool_))
+            ok = ok and math.isfinite(value)
+            what = "a whole number" if kind == "int" else "a finite number"
+            if ok:
+                object.__setattr__(config, f.name, int(value) if kind == "int" else float(value))
+        elif kind == "bool":
+            ok, what = isinstance(value, bool), "true or false"
+        elif kind in ("str", "str | None"):
+            ok = isinstance(value, str) or (value is None and kind != "str")
+            what = "a string" if kind == "str" else "a string or null"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {what}, got {value!r}")
 
 
 class Branch(ABC):

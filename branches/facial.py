@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from branches.base import Branch, DataInfo, Demo, check_allowed
+from branches.base import Branch, DataInfo, Demo, check_allowed, check_field_types
 from datasets import shards
 from datasets.clips import clip_indices, item_rng, sample_clips
 from datasets.items import FacialOptions, facial_row, process_facial_item
@@ -49,6 +49,7 @@ class FacialModelConfig:
     faithful_loss: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.name not in FacialBranch.models:
             raise ValueError(f"model must be one of {FacialBranch.models}, got {self.name!r}")
         if self.head not in HEADS:
@@ -58,6 +59,10 @@ class FacialModelConfig:
         for key in ("clips", "frames", "lstm1", "lstm2"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise ValueError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class FacialCollate:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from branches.base import Branch, DataInfo, Demo, check_allowed
+from branches.base import Branch, DataInfo, Demo, check_allowed, check_field_types
 from datasets import shards
 from datasets.items import JOINT_EXTENSIONS, GestureOptions, process_gesture_item
 from datasets.records import BadInput, SourceItem
@@ -51,6 +51,7 @@ class GestureModelConfig:
     def __post_init__(self) -> None:
         from datasets.representations import KINDS, WEIGHTS
 
+        check_field_types(self)
         if self.name not in GestureBranch.models:
             raise ValueError(f"model must be one of {GestureBranch.models}, got {self.name!r}")
         if self.head not in HEADS:

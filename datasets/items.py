@@ -43,6 +43,12 @@ class FacialOptions:
             raise ValueError(f"detection interval must be >= 1, got {self.every}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        _check_max_frames(self.max_frames)
+
+
+def _check_max_frames(max_frames: int | None) -> None:
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1 (frames kept per video), got {max_frames}")
 
 
 POSE_ESTIMATORS = ("mediapipe",)
@@ -60,6 +66,7 @@ class GestureOptions:
     def __post_init__(self) -> None:
         if self.pose is not None and self.pose not in POSE_ESTIMATORS:
             raise ValueError(f"--pose must be one of {POSE_ESTIMATORS}, got {self.pose!r}")
+        _check_max_frames(self.max_frames)
 
 
 def process_facial_item(

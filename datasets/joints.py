@@ -9,7 +9,8 @@ Accepted inputs (:func:`read_joints` dispatches on the path):
   A joint with confidence 0 is missing. One person is followed through the video
   (:func:`pick_people`); a frame with nobody in it has every joint missing.
 - ``.csv`` / ``.txt``: one frame per line, values separated by commas, semicolons or whitespace,
-  an optional first line of column names (any line whose fields are not all numbers). A line holds
+  an optional first line of column names (any line whose fields are not all numbers; it must name
+  as many columns as the lines hold, else which column is which is ambiguous). A line holds
   ``k`` leading columns (frame index and/or timestamp; k = 0, 1 or 2, the same on every line, then
   dropped) followed by x, y, z of each joint, joint by joint. 75 + k values are a Kinect v2 skeleton
   (25 joints, layout ``"kinect25"``; a joint at exactly (0, 0, 0), the sensor itself, is Kinect's
@@ -18,19 +19,22 @@ Accepted inputs (:func:`read_joints` dispatches on the path):
 - ``.npy``: an array (T, J, D), D = 2 or 3, NaN for missing joints (layout ``"array"``).
 - ``.npz``: key ``joints`` (T, J, D) and optional ``confidence`` (T, J) (layout ``"array"``).
 
-Every reader returns float32 arrays where a joint is missing exactly when its coordinates are NaN
-and its confidence is 0. Problems raise :class:`datasets.records.BadInput` naming the file.
+:func:`joint_layout` tells a file's layout and joint count from its first lines or header, and
+:func:`one_layout` keeps a set's majority layout (the preprocessing job: one per shard folder).
+Every reader returns float32 arrays where a joint is missing exactly when its coordinates are
+NaN and its confidence is 0. Problems raise :class:`datasets.records.BadInput` naming the file.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from datasets.records import BadInput, JointSequence
+from datasets.records import BadInput, JointSequence, SourceItem
 
 OPENPOSE_LAYOUTS = {25: "body25", 18: "coco18"}
 TABLE_LAYOUTS = {25: "kinect25", 28: "mocap28"}
@@ -107,9 +111,8 @@ def _read_keypoint_file(path: Path) -> np.ndarray:
     return arr.reshape(len(people), size // 3, 3)  # (P, J, 3)
 
 
-def read_openpose(folder: str | Path) -> JointSequence:
-    """Read a folder of OpenPose ``*_keypoints.json`` files (see the module docstring)."""
-    folder = Path(folder)
+def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
+    """An OpenPose folder's keypoint files in frame order."""
     files = list(folder.glob("*_keypoints.json"))
     if not files:
         raise BadInput(str(folder), "no *_keypoints.json files in this folder")
@@ -122,7 +125,13 @@ def read_openpose(folder: str | Path) -> JointSequence:
     numbered.sort()
     if len({n for n, _ in numbered}) != len(numbered):
         raise BadInput(str(folder), "two keypoint files share a frame number")
-    frames = [_read_keypoint_file(f) for _, f in numbered]
+    return numbered
+
+
+def read_openpose(folder: str | Path) -> JointSequence:
+    """Read a folder of OpenPose ``*_keypoints.json`` files (see the module docstring)."""
+    folder = Path(folder)
+    frames = [_read_keypoint_file(f) for _, f in _numbered_frames(folder)]
     counts = {fr.shape[1] for fr in frames if len(fr)}
     if not counts:
         raise BadInput(str(folder), "no person detected in any frame")
@@ -146,41 +155,66 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def read_table(path: str | Path) -> JointSequence:
-    """Read a Kinect v2 (25 joints) or motion-capture (28 joints) CSV/text file.
-
-    See the module docstring for the accepted columns.
-    """
-    path = Path(path)
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(str(path), f"cannot read ({err})") from None
+def _table_rows(lines: list[str]) -> list[list[str]]:
     # Split on separators but keep empty CSV fields (",,") as missing values.
-    rows = [
+    return [
         [f.strip() for f in re.split(r"[,;]", ln)]
         if re.search(r"[,;]", ln)
         else _SEPARATORS.split(ln.strip())
         for ln in lines
     ]
+
+
+def _table_layout(rows: list[list[str]], path: Path) -> tuple[list[list[str]], str, int, int]:
+    """(data rows, layout, joints J, leading columns) of a table's split lines; a header line is
+    dropped, and must name as many columns as the data lines hold."""
+    header = None
     if rows and not all(_is_number(f) for f in rows[0] if f):
-        rows = rows[1:]  # a header line
+        header, rows = rows[0], rows[1:]
     if not rows:
         raise BadInput(str(path), "no data lines")
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         raise BadInput(str(path), f"lines have different numbers of columns: {sorted(widths)}")
     width = widths.pop()
-    layout = None
-    for joints, name in TABLE_LAYOUTS.items():
-        if 3 * joints <= width <= 3 * joints + 2:
-            layout, J, lead = name, joints, width - 3 * joints
-    if layout is None:
+    if header is not None and len(header) != width:
         raise BadInput(
             str(path),
-            f"{width} columns: expected 75-77 (Kinect v2, 25 joints) or "
-            "84-86 (mocap, 28 joints): up to 2 leading columns, then x, y, z per joint",
+            f"the header names {len(header)} columns but the lines hold {width} values: "
+            "which columns are which is ambiguous",
         )
+    for joints, name in TABLE_LAYOUTS.items():
+        if 3 * joints <= width <= 3 * joints + 2:
+            return rows, name, joints, width - 3 * joints
+    raise BadInput(
+        str(path),
+        f"{width} columns: expected 75-77 (Kinect v2, 25 joints) or "
+        "84-86 (mocap, 28 joints): up to 2 leading columns, then x, y, z per joint",
+    )
+
+
+def _table_lines(path: Path, limit: int | None = None) -> list[str]:
+    """The non-blank lines of a table file (the first ``limit`` of them)."""
+    try:
+        with open(path) as f:
+            lines = []
+            for ln in f:
+                if ln.strip():
+                    lines.append(ln.rstrip("\r\n"))
+                    if limit is not None and len(lines) == limit:
+                        break
+            return lines
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(str(path), f"cannot read ({err})") from None
+
+
+def read_table(path: str | Path) -> JointSequence:
+    """Read a Kinect v2 (25 joints) or motion-capture (28 joints) CSV/text file.
+
+    See the module docstring for the accepted columns.
+    """
+    path = Path(path)
+    rows, layout, J, lead = _table_layout(_table_rows(_table_lines(path)), path)
     try:
         values = np.array([[float(f) if f else np.nan for f in r[lead:]] for r in rows], np.float64)
     except ValueError as err:
@@ -239,6 +273,66 @@ def read_joints(path: str | Path) -> JointSequence:
     )
 
 
+def joint_layout(path: str | Path) -> tuple[str, int]:
+    """(layout, joints per frame) of a joint input, read from as little of it as tells: an
+    OpenPose folder's first frame with a person, a table's first lines, a ``.npy`` header. The
+    preprocessing job keeps one layout per shard folder with it. Raises ``BadInput`` as
+    :func:`read_joints` would."""
+    path = Path(path)
+    if path.is_dir():
+        for _, frame in _numbered_frames(path):
+            people = _read_keypoint_file(frame)
+            if len(people):
+                return OPENPOSE_LAYOUTS[people.shape[1]], people.shape[1]
+        raise BadInput(str(path), "no person detected in any frame")
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in (".csv", ".txt"):
+        _, layout, J, _ = _table_layout(_table_rows(_table_lines(path, limit=3)), path)
+        return layout, J
+    if path.is_file() and suffix == ".npy":
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError, EOFError) as err:
+            raise BadInput(str(path), f"not a readable numpy file ({err})") from None
+        if len(shape) != 3 or shape[2] not in (2, 3):
+            raise BadInput(str(path), f"joints must be (T, J, 2|3), got {shape}")
+        return "array", int(shape[1])
+    seq = read_joints(path)  # .npz (small) and anything read_joints refuses
+    return seq.layout, seq.joints.shape[1]
+
+
+def one_layout(source: str, items: list[SourceItem]) -> tuple[list[SourceItem], list[list[str]]]:
+    """(kept items, skipped [path, reason]) of a set of joint files: those of the set's majority
+    layout (layout name and joints per frame, :func:`joint_layout`) are kept, every other file
+    is skipped with its layout named, one that cannot be read with its reason. Layouts in equal
+    numbers raise ``BadInput`` naming them: which one the set means is ambiguous."""
+    layout_of, skipped = {}, []
+    for it in items:
+        try:
+            layout_of[it.id] = joint_layout(it.path)
+        except BadInput as err:
+            skipped.append([err.path, err.reason])
+    ranked = Counter(layout_of.values()).most_common()
+    if not ranked:
+        return [], skipped
+
+    def said(layout: tuple[str, int]) -> str:
+        return f"{layout[0]} ({layout[1]} joints)"
+
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        tied = ", ".join(f"{n} x {said(lay)}" for lay, n in ranked if n == ranked[0][1])
+        raise BadInput(source, f"joint files of several layouts, none in the majority: {tied}; "
+                               "keep one layout per source folder")  # fmt: skip
+    main, n = ranked[0]
+    for it in items:
+        layout = layout_of.get(it.id)
+        if layout is not None and layout != main:
+            skipped.append([it.path, f"joint layout {said(layout)} differs from the set's "
+                            f"{said(main)} ({n} of {len(layout_of)} files): one layout per "
+                            "shard folder"])  # fmt: skip
+    return [it for it in items if layout_of.get(it.id) == main], skipped
+
+
 # ---------------------------------------------------------------- missing joints
 def fill_missing(seq: JointSequence) -> JointSequence:
     """Fill missing joints (NaN or confidence 0) so every coordinate is finite.
@@ -272,6 +366,8 @@ __all__ = [
     "OPENPOSE_LAYOUTS",
     "TABLE_LAYOUTS",
     "fill_missing",
+    "joint_layout",
+    "one_layout",
     "pick_people",
     "read_array",
     "read_joints",

@@ -151,11 +151,30 @@ def list_protocols(root: str) -> list[str]:
     return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and ".tmp-" not in n)
 
 
-def no_protocol_hint(root: str) -> str:
-    return (
-        f"{root} has no folds yet; write them with `python -m distributed.folds {root} "
-        "--protocol subjects --folds K --inner-folds J` (or --protocol lists --fold-lists DIR)"
-    )
+def default_to_keep(root: str, key: str) -> str | None:
+    """The default protocol a re-run keeps while it rewrites the manifest: the stored manifest's,
+    else ``key`` (the layout's own protocol), when its file is there; a re-run whose folds fail
+    must not leave the stored protocols without a default."""
+    stored = list_protocols(root)
+    try:
+        old = read_manifest(root).protocol
+    except (FileNotFoundError, ManifestError):
+        old = None
+    return old if old in stored else key if key in stored else None
+
+
+OFFICIAL_PROTOCOLS = ("dfew", "mafw", "ferv39k")  # a release's own split; its clips name no subject
+
+
+def no_protocol_hint(root: str, layout: str = "") -> str:
+    """How to write folds for shards that have none (only protocols their layout can fill)."""
+    if layout in OFFICIAL_PROTOCOLS:
+        how = f"--protocol {layout} --inner-folds J`"
+    else:
+        how = (
+            "--protocol subjects --folds K --inner-folds J` (or --protocol lists --fold-lists DIR)"
+        )
+    return f"{root} has no folds yet; write them with `python -m distributed.folds {root} {how}"
 
 
 def read_protocol(root: str, manifest: Manifest, key: str | None = None) -> tuple[str, Protocol]:
@@ -165,7 +184,7 @@ def read_protocol(root: str, manifest: Manifest, key: str | None = None) -> tupl
     if key is None:
         there = list_protocols(root)
         if not there:
-            raise ManifestError(no_protocol_hint(root))
+            raise ManifestError(no_protocol_hint(root, manifest.layout))
         raise ManifestError(
             f"{root}: no default protocol; choose one with --protocol ({', '.join(there)})"
         )
@@ -173,7 +192,8 @@ def read_protocol(root: str, manifest: Manifest, key: str | None = None) -> tupl
     if not exists(path):
         there = list_protocols(root)
         if not there:
-            raise ManifestError(f"{root}: no protocol {key!r}; {no_protocol_hint(root)}")
+            hint = no_protocol_hint(root, manifest.layout)
+            raise ManifestError(f"{root}: no protocol {key!r}; {hint}")
         raise ManifestError(
             f"{root}: no protocol {key!r}; stored: {', '.join(there)} (write it with "
             f"`python -m distributed.folds {root} --protocol {key}`)"

@@ -14,8 +14,11 @@ Inner splits, for ``from_lists`` and ``official``: subject-disjoint (``folds.sub
 seed ``seed + 1 + i`` for outer fold i, as ``folds.nested_from_test_folds`` does) when every item
 has a subject, otherwise stratified by class: each class's ids, shuffled with that seed, are dealt
 round-robin to the inner folds (one running counter over the classes, so fold sizes differ by at
-most one). ``description`` records which one was used. ``ProtocolError`` says in one line why the
-data cannot fill a protocol.
+most one). ``description`` records which one was used. Stratified inner splits the data cannot
+fill do not fail: a class with fewer training items than splits is dealt to some validation
+splits only, and an outer train set smaller than ``inner_folds`` gives fewer splits; each such
+fallback is one line of ``Protocol.warnings`` and is named in the description. ``ProtocolError``
+says in one line why the data cannot fill a protocol.
 """
 
 from __future__ import annotations
@@ -74,14 +77,18 @@ class OuterSplit:
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named evaluation protocol: outer folds with inner splits, as item ids."""
+    """A named evaluation protocol: outer folds with inner splits, as item ids. ``warnings``:
+    where the data made a builder depart from what was asked (inner splits stratified only where
+    possible, fewer inner splits), one line each; the description says it too."""
 
     name: str
     description: str
     outer: tuple[OuterSplit, ...]
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outer", tuple(self.outer))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
 
     def fold(self, i: int) -> OuterSplit:
         """Outer fold ``i``, range-checked (a clear error instead of an IndexError)."""
@@ -95,7 +102,7 @@ class Protocol:
     def to_json(self) -> dict:
         """``{"name", "description", "outer": [{"train", "test", "inner": [{"train", "val"}]}]}``
         (ids sorted)."""
-        return {
+        body = {
             "name": self.name,
             "description": self.description,
             "outer": [
@@ -107,6 +114,9 @@ class Protocol:
                 for f in self.outer
             ],
         }
+        if self.warnings:
+            body["warnings"] = list(self.warnings)
+        return body
 
     @classmethod
     def from_json(cls, obj: Mapping) -> Protocol:
@@ -137,7 +147,10 @@ class Protocol:
             train, test = ids(f, "train", f"outer[{i}]"), ids(f, "test", f"outer[{i}]")
             outer.append(OuterSplit(train, test, inner))
         name, description = field(obj, "name", "document"), field(obj, "description", "document")
-        return cls(str(name), str(description), tuple(outer))
+        warnings = obj.get("warnings", [])
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+            raise ProtocolError("protocol JSON: 'warnings' is not a list of strings")
+        return cls(str(name), str(description), tuple(outer), tuple(warnings))
 
     def validate(self, ids: Iterable[str], subjects: Mapping[str, str] | None = None) -> None:
         """Raise ``ProtocolError`` unless: every id of the protocol is in ``ids``; in each outer
@@ -224,9 +237,10 @@ def subjects(
 
 
 def _stratified_inner(
-    train: Sequence[str], label_of: Mapping[str, str], k: int, seed: int, where: str
-) -> list[tuple[str, ...]]:
-    """k val folds of ``train``: per class (sorted names), shuffled ids dealt round-robin."""
+    train: Sequence[str], label_of: Mapping[str, str], k: int, seed: int
+) -> tuple[list[tuple[str, ...]], dict[str, int]]:
+    """k val folds of ``train``: per class (sorted names), shuffled ids dealt round-robin; and
+    the classes with fewer than k items ({label: count}), which some val folds lack."""
     by_class: dict[str, list[str]] = {}
     for x in sorted(train):
         by_class.setdefault(str(label_of[x]), []).append(x)
@@ -235,15 +249,11 @@ def _stratified_inner(
     dealt = 0
     for label in sorted(by_class):
         members = by_class[label]
-        if len(members) < k:
-            raise ProtocolError(
-                f"{where}: class {label!r} has {len(members)} training item(s), too few for "
-                f"{k} stratified inner folds"
-            )
         for pos in rng.permutation(len(members)):
             vals[dealt % k].append(members[pos])
             dealt += 1
-    return [tuple(v) for v in vals]
+    rare = {label: len(m) for label, m in sorted(by_class.items()) if len(m) < k}
+    return [tuple(v) for v in vals], rare
 
 
 def _nested_outer(
@@ -253,12 +263,22 @@ def _nested_outer(
     seed: int,
     name: str,
     subject_disjoint_outer: bool,
-) -> tuple[tuple[OuterSplit, ...], str]:
+) -> tuple[tuple[OuterSplit, ...], str, list[str]]:
+    """(outer splits, how the inner splits were drawn, warnings). Without subjects, inner splits
+    the data cannot stratify fall back rather than fail: fewer splits when an outer train set is
+    smaller than ``inner_folds``, and a class with fewer training items than splits is dealt to
+    some validation splits only (each such fallback is a warning)."""
     _check_inner_k(inner_folds)
     by_id = {it.id: it for it in items}
     if len(by_id) != len(items):
         raise ProtocolError(f"{name}: item ids are not unique")
     use_subjects = bool(items) and all(it.subject for it in items)
+    k, warnings, unstratified = inner_folds, [], []
+    smallest = min((len(set(train)) for train, _ in outer), default=0)
+    if not use_subjects and 2 <= smallest < inner_folds:
+        k = smallest
+        warnings.append(f"{name}: {k} inner splits instead of {inner_folds}: the smallest outer "
+                        f"train set holds {smallest} items")  # fmt: skip
     out = []
     for i, (train, test) in enumerate(outer):
         where = f"{name}: outer fold {i}"
@@ -287,15 +307,32 @@ def _nested_outer(
                 raise ProtocolError(f"{where}: {e}") from None
             vals = [tuple(train[j] for j in v) for v in val_idx]
         else:
+            if len(train) < 2:
+                raise ProtocolError(f"{where}: {len(train)} training item, too few for inner "
+                                    "train/val splits")  # fmt: skip
             label_of = {x: by_id[x].label for x in train}
-            vals = _stratified_inner(train, label_of, inner_folds, seed + 1 + i, where)
+            vals, rare = _stratified_inner(train, label_of, k, seed + 1 + i)
+            if rare:
+                named = ", ".join(f"{label!r} ({n})" for label, n in rare.items())
+                unstratified.append(f"outer fold {i}: {named}")
+                warnings.append(
+                    f"{where}: inner splits stratified where possible: class(es) {named} have "
+                    f"fewer training items than the {k} inner splits, so some validation "
+                    "splits lack them"
+                )
         inner = tuple(InnerSplit(sorted(set(train) - set(v)), v) for v in vals)
         out.append(OuterSplit(train, test, inner))
     if use_subjects:
         how = f"{inner_folds} subject-disjoint inner train/val splits"
     else:
-        how = f"{inner_folds} class-stratified inner train/val splits (no subject ids)"
-    return tuple(out), f"{how} inside each outer train set, seed {seed} + 1 + fold"
+        how = f"{k} class-stratified inner train/val splits (no subject ids)"
+        if k < inner_folds:
+            how += f", {k} instead of the {inner_folds} asked (a small outer train set)"
+    how += f" inside each outer train set, seed {seed} + 1 + fold"
+    if unstratified:
+        how += ("; stratified where possible, classes with fewer training items than splits: "
+                + "; ".join(unstratified))  # fmt: skip
+    return tuple(out), how, warnings
 
 
 def from_lists(
@@ -309,8 +346,10 @@ def from_lists(
     """Outer folds from reference lists ((trainN ids, evalN ids) per fold, e.g. the ``folds``
     of ``datasets.reference_lists.ckplus_reference_folds``) plus inner splits of each trainN.
     When every item has a subject, the lists must be subject-disjoint (else ``ProtocolError``)."""
-    outer, how = _nested_outer(lists, items, inner_folds, seed, name, subject_disjoint_outer=True)
-    return Protocol(name, f"{description}; {how}", outer)
+    outer, how, warnings = _nested_outer(
+        lists, items, inner_folds, seed, name, subject_disjoint_outer=True
+    )
+    return Protocol(name, f"{description}; {how}", outer, warnings)
 
 
 def official(
@@ -323,5 +362,7 @@ def official(
 ) -> Protocol:
     """A release's official outer folds ((train ids, test ids) per set, e.g. ``LayoutScan.folds``
     with ``name=LayoutScan.name``) plus inner train/val splits drawn inside each train set."""
-    folds, how = _nested_outer(outer, items, inner_folds, seed, name, subject_disjoint_outer=False)
-    return Protocol(name, f"{description}; {how}", folds)
+    folds, how, warnings = _nested_outer(
+        outer, items, inner_folds, seed, name, subject_disjoint_outer=False
+    )
+    return Protocol(name, f"{description}; {how}", folds, warnings)

@@ -9,6 +9,7 @@ starting with ".") are ignored. A source with no usable item at all raises ``Bad
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -283,8 +284,9 @@ def scan_folders(
     A folder item must hold image files or files with one of ``extensions`` (e.g. one OpenPose
     JSON per frame). id = "<label>/<stem>"; subject = group 1 of ``subject_pattern`` matched on
     the stem (default: the text before the first "_"), or the whole stem when it does not match.
-    With ``class_names``, a label folder outside them is skipped with a reason. Symbolic links
-    are followed once, inside the source folder only (see :func:`link_problem`).
+    With ``class_names``, a label folder outside them is skipped with a reason, and a name with
+    no label folder is refused, naming the nearest folder (:func:`require_classes`). Symbolic
+    links are followed once, inside the source folder only (see :func:`link_problem`).
     """
     root = _require_dir(root)
     real = root.resolve()
@@ -338,7 +340,50 @@ def scan_folders(
             seen[item_id] = str(entry)
             subject = _subject(stem, subject_pattern, stem)
             items.append(SourceItem(item_id, subject, label_dir.name, str(entry)))
+    if class_names is not None:
+        folders = {p.name for p in _visible(root.iterdir()) if p.is_dir()}
+        require_classes(root, class_names, folders, "label folder")
     return _finish(root, items, skipped)
+
+
+def closest_label(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate a mistyped label most likely meant: one spelled the same up to case, spacing
+    and punctuation (as :func:`label_warnings` compares labels), else the nearest spelling, or
+    None."""
+    candidates = sorted(set(candidates))
+    same = [c for c in candidates if _fold_label(c) == _fold_label(name)]
+    if same:
+        return same[0]
+    near = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def listed_labels(labels_file: str | Path) -> set[str]:
+    """The labels a ``<relative path> <Label>`` list names (its well-formed lines)."""
+    labels = set()
+    for line in Path(labels_file).read_text(errors="replace").splitlines():
+        fields = line.strip().rsplit(None, 1)
+        if len(fields) == 2 and not fields[0].startswith("#"):
+            labels.add(fields[1])
+    return labels
+
+
+def require_classes(where: str | Path, class_names: Sequence[str], found: set[str], what: str):
+    """Refuse ``--classes`` names that match no label of the source (``found``), naming each
+    with the closest unclaimed label, if one is near (``BadInput``)."""
+    missing = [c for c in class_names if c not in found]
+    if not missing:
+        return
+    unclaimed = found - set(class_names)
+    said = []
+    for name in missing:
+        guess = closest_label(name, unclaimed)
+        said.append(f"{name!r}" + (f" (did you mean {guess!r}?)" if guess else ""))
+    there = ", ".join(sorted(found)[:12]) or "none"
+    raise BadInput(
+        str(where),
+        f"--classes names {', '.join(said)}, but there is no such {what} (there are: {there})",
+    )
 
 
 def class_names_for(

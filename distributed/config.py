@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from branches import get_branch
+from branches.base import check_field_types
 
 CONFIG_SCHEMA = 3  # 3: ``precision`` replaces schema 2's ``amp`` (read and converted)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -58,6 +59,19 @@ class TrainConfig:
         b = get_branch(self.branch)
         if not isinstance(self.model, b.config_type):
             raise ConfigError(f"model must be a {b.config_type.__name__}, got {self.model!r}")
+        try:
+            check_field_types(self)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        for name, ok, what in (
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+            ("seed", 0 <= self.seed < 2**31, "in [0, 2**31)"),
+        ):
+            if not ok:
+                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
@@ -140,14 +154,16 @@ def check_keys(branch: str, keys, where: str) -> None:
         )
 
 
-def default_config(branch: str, **overrides) -> TrainConfig:
+def default_config(branch: str, where: str = "config", **overrides) -> TrainConfig:
     """The paper's configuration of ``branch``, with flat overrides. Naming another ``model``
     brings its published defaults (e.g. the ResNet + TLSTM baseline's K = 3, 200 epochs and
-    p1 + p2 + p3 prediction), which explicit overrides still win over."""
+    p1 + p2 + p3 prediction), which explicit overrides still win over. ``where`` (a file name)
+    starts the message of a value that is refused."""
     b = get_branch(branch)
     base = TrainConfig(branch=b.name, model=b.config_type(), **b.train_defaults)
-    published = b.model_defaults.get(overrides.get("model"), {})
-    return base.override(**{**published, **overrides})
+    name = overrides.get("model")
+    published = b.model_defaults.get(name, {}) if isinstance(name, str) else {}
+    return base.override(where, **{**published, **overrides})
 
 
 def read_mapping(path: str) -> dict:

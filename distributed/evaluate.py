@@ -98,6 +98,11 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
     """Score the fold the arguments name; returns (summary, report folder)."""
     mf = load_model(storage.read_bytes(args.checkpoint), args.device, name=args.checkpoint)
     manifest = read_manifest(args.shards)
+    if manifest.kind != mf.config.branch:  # (no --allow-... flag: the rows cannot be read)
+        raise cli.UsageError(
+            f"{args.checkpoint} is a {mf.config.branch} model and {args.shards} hold "
+            f"{manifest.kind} shards; score it on {mf.config.branch} shards"
+        )
     if tuple(manifest.classes) != tuple(mf.classes):
         raise cli.UsageError(
             f"{args.shards}: classes {list(manifest.classes)} differ from the "
@@ -129,19 +134,19 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
             f"{args.checkpoint}'s epoch was chosen on: a validation figure, not a test figure",
             file=sys.stderr,
         )
-    ids_seen, y, probs = predict_fold(mf, args.shards, ids, args.device)
-    summary = summarise(y, probs.argmax(1), mf.classes)
-    summary.update(checkpoint=args.checkpoint, fold=args.fold, inner=args.inner, ids=ids_seen)
     out = args.out or storage.join(
         posixpath.dirname(args.checkpoint) or ".", f"eval-fold{args.fold}"
     )
-    storage.ensure_writable_dir(out, "report folder")
+    storage.ensure_writable_dir(out, "report folder")  # before the scoring, not after it
+    ids_seen, y, probs = predict_fold(mf, args.shards, ids, args.device)
+    summary = summarise(y, probs.argmax(1), mf.classes)
+    summary.update(checkpoint=args.checkpoint, fold=args.fold, inner=args.inner, ids=ids_seen)
     write_report(out, summary)
     return summary, out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m distributed.evaluate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -239,7 +239,7 @@ def run_exported_on(path: str, device: str, batch: int = 3, seed: int = 0) -> di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m distributed.export",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -247,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model.pt written by train or tune")
     p.add_argument("--out", required=True, help="output file (.pt2 or .ts by convention)")
     p.add_argument("--format", choices=FORMATS, default="exported")
-    p.add_argument("--batch", type=int, default=2, help="example batch used to trace (>= 2)")
+    p.add_argument(
+        "--batch", type=cli.count, default=2, help="example batch used to trace (at least 2 are)"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the eager/exported comparison")
     return p
 
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        cli.check_output_file(args.out, "--out")  # before the export, not after it
         meta = export_checkpoint(args.checkpoint, args.out, args.format, args.batch)
         print(f"{meta['kind']} model ({meta['model']}) -> {args.out} [{args.format}]")
         print(f"input {meta['input_dtype']} {meta['input_shape']}; outputs {meta['outputs']}")

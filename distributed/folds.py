@@ -139,6 +139,26 @@ def write_folds(args: FoldsArgs) -> tuple[str, Protocol, float]:
     return path, protocol, time.perf_counter() - t0
 
 
+def check_fold_flags(folds: int, inner_folds: int, seed: int) -> None:
+    """Refuse fold counts (and a seed) that make no sense, before any work (``UsageError``)."""
+    cli.at_least("--folds", folds, 2, "outer folds")
+    cli.at_least("--inner-folds", inner_folds, 2, "inner train/val splits per outer fold")
+    cli.at_least("--seed", seed, 0)
+
+
+def print_warnings(protocol: Protocol) -> None:
+    """Where the data made the protocol depart from what was asked, one line each."""
+    for line in protocol.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def rewrite_hint(shards_root: str, key: str) -> str:
+    """The ``distributed.folds`` command that rewrites protocol ``key`` with other counts (only
+    the protocol the data was preprocessed for: an official split names no subjects)."""
+    extra = {"subjects": " --folds K", "lists": " --fold-lists DIR"}.get(key, "")
+    return f"`python -m distributed.folds {shards_root} --protocol {key}{extra} --inner-folds J`"
+
+
 def describe(protocol: Protocol) -> str:
     sizes = ", ".join(f"{len(f.test)}" for f in protocol.outer)
     inner = len(protocol.outer[0].inner) if protocol.outer else 0
@@ -168,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = FoldsArgs(**vars(build_parser().parse_args(argv)))
 
     def body() -> int:
+        check_fold_flags(args.folds, args.inner_folds, args.seed)
         if args.list or not args.protocol:
             manifest = read_manifest(args.shards)
             for key in list_protocols(args.shards):
@@ -180,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             path, protocol, seconds = write_folds(args)
         except ProtocolError as err:
             raise cli.UsageError(f"{args.shards}: {err}") from None
+        print_warnings(protocol)
         print(f"{describe(protocol)} -> {path} ({seconds:.2f} s)")
         return 0
 

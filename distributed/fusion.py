@@ -48,25 +48,6 @@ from distributed.fusion_rules import EPS, RULES, choose_weight, fuse, markdown, 
 __all__ = ["EPS", "RULES", "choose_weight", "fuse", "markdown", "pair", "run_fusion", "scores"]
 
 
-def _keep_models_callback(out_dir: str, epochs: int):
-    """A Ray Train controller callback copying each split's final model file to ``out_dir``."""
-    from ray.train import UserCallback
-
-    from distributed.loop import MODEL_FILE
-
-    class KeepSplitModels(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            m = metrics[0] if metrics else {}
-            if checkpoint is None or m.get("epoch") != epochs - 1:
-                return
-            with checkpoint.as_directory() as d:
-                with open(os.path.join(d, MODEL_FILE), "rb") as f:
-                    data = f.read()
-            storage.atomic_write_bytes(storage.join(out_dir, f"split{m['fold_index']}.pt"), data)
-
-    return KeepSplitModels()
-
-
 def plan_splits(protocol: Protocol, folds: int | None, inner: int | None) -> list[dict]:
     """[{outer, inner (None = the whole outer training fold), train ids, eval ids}] in order."""
     outer = protocol.outer[: folds or None]
@@ -126,7 +107,7 @@ def branch_predictions(
             resources=Resources(workers),
             storage_path=storage_path,
             name=run,
-            callbacks=[_keep_models_callback(models, cfg.epochs)],
+            keep_models=models,
         )
         for j, n in enumerate(members):
             paths[n] = storage.join(models, f"split{j}.pt")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import optuna
 from ray.tune import Callback
@@ -169,8 +170,12 @@ class LedgerCallback(Callback):
         self.ledger.record_end(self._entry(trials, trial), self.n_inner)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = str(getattr(trial, "error_message", None) or "trial failed")
-        self.ledger.record_end(self._entry(trials, trial), self.n_inner, error=error)
+        self.ledger.record_end(self._entry(trials, trial), self.n_inner, error=trial_error(trial))
+
+    def number(self, trial_id: str) -> int | None:
+        """The ledger's number of a trial of this Tuner (kept across resumes), once started."""
+        entry = self.entries.get(trial_id)
+        return None if entry is None else entry["number"]
 
     def on_experiment_end(self, trials, **info) -> None:
         self._snapshot()
@@ -179,6 +184,21 @@ class LedgerCallback(Callback):
     def _snapshot(self) -> None:
         numbers = {tid: e["number"] for tid, e in self.entries.items()}
         self.ledger.scheduler = asha_state(self.scheduler, numbers)
+
+
+def trial_error(trial) -> str:
+    """What a failed trial raised, in one line (the last line of Tune's error file: the
+    exception and its message), or "trial failed" when Tune wrote none."""
+    path = getattr(trial, "error_file", None)
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except (OSError, TypeError):
+        return "trial failed"
+    # the file is "Failure # n (occurred at ...)" and the error's text, a traceback: its last
+    # line is the exception; Ray's own frame lines carry ANSI colours
+    last = lines[-1] if lines else "trial failed"
+    return re.sub(r"\x1b\[[0-9;]*m", "", last)
 
 
 # ---------------------------------------------------------------- ASHA as data

@@ -267,8 +267,9 @@ def train_folds(config: dict, host: Host) -> None:
 
     ``config`` is plain values (it crosses processes): ``train`` (a TrainConfig dict), ``data``
     (DataInfo), ``folds`` ([{"train": key, "val": key or None, "fold": {...}}]),
-    ``forbidden_ids``, ``threads``, ``model_writer`` ({"git_commit"} or None) and
-    ``checkpoint_every``."""
+    ``forbidden_ids``, ``threads``, ``model_writer`` ({"git_commit"} or None),
+    ``checkpoint_every`` and ``run`` (the run's identity, ``distributed.run_file``: kept in every
+    checkpoint state; a state of another identity is refused on restore)."""
     cfg = TrainConfig.from_dict(config["train"])
     data = DataInfo.from_json(config["data"])
     folds: list[dict] = config["folds"]
@@ -285,6 +286,12 @@ def train_folds(config: dict, host: Host) -> None:
     select = f"val_{cfg.select_metric}"
 
     resume = host.restore()
+    run = config.get("run")  # what the run depends on (distributed.run_file), kept in its states
+    if resume and run is not None and resume.get("run", run) != run:
+        from distributed.run_file import differences
+
+        said = "; ".join(differences(resume["run"], run))
+        raise ValueError(f"the checkpoint to resume from was trained with other inputs: {said}")
     fold_results: list[dict] = list(resume["fold_results"]) if resume else []
     history: list[dict] = list(resume["history"]) if resume else []
     start_fold = resume["fold"] if resume else 0
@@ -357,7 +364,7 @@ def train_folds(config: dict, host: Host) -> None:
                 host.report(metrics, None)
                 continue
             if last_epoch:  # fold finished: a resume starts the next fold from scratch
-                state = {"fold": j + 1, "fold_results": done, "history": history}
+                state = {"fold": j + 1, "fold_results": done, "history": history, "run": run}
             else:
                 state = {
                     "fold": j,
@@ -371,6 +378,7 @@ def train_folds(config: dict, host: Host) -> None:
                     "best": best,
                     "best_epoch": best_epoch,
                     "best_state": best_state,
+                    "run": run,
                 }
             with tempfile.TemporaryDirectory() as d:
                 if host.rank == 0:
@@ -379,20 +387,30 @@ def train_folds(config: dict, host: Host) -> None:
                     with open(os.path.join(d, HISTORY_FILE), "w") as f:
                         json.dump(history, f)
                     if last_epoch and config.get("model_writer") is not None:
-                        _write_model(config["model_writer"], cfg, data, best_state, d, spec)
+                        _write_model(config["model_writer"], cfg, data, best_state, d, spec, j)
                 host.report(metrics, d if host.rank == 0 else None)
         fold_results = done
 
 
 def _write_model(
-    info: dict, cfg: TrainConfig, data: DataInfo, best_state: dict, directory: str, spec: dict
+    info: dict,
+    cfg: TrainConfig,
+    data: DataInfo,
+    best_state: dict,
+    directory: str,
+    spec: dict,
+    fold: int,
 ) -> None:
-    """The kept model of this fold as a self-describing file inside the checkpoint."""
+    """The kept model of this fold as a self-describing file inside the checkpoint, and with
+    ``info["keep"]`` also as ``KEEP/split{fold}.pt`` (a path or a bucket)."""
+    from datasets import storage
     from distributed.checkpoint import TrainedOn, save_model
 
     model = build(cfg, data, pretrained=False)
     model.load_state_dict(best_state)
     trained_on = TrainedOn.from_json(spec.get("fold"))
-    save_model(
-        os.path.join(directory, MODEL_FILE), model, cfg, data, trained_on, info["git_commit"]
-    )
+    path = os.path.join(directory, MODEL_FILE)
+    save_model(path, model, cfg, data, trained_on, info["git_commit"])
+    if info.get("keep"):
+        with open(path, "rb") as f:
+            storage.atomic_write_bytes(storage.join(info["keep"], f"split{fold}.pt"), f.read())

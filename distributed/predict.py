@@ -121,7 +121,7 @@ class PredictArgs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m distributed.predict",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,16 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion-report", help="fusion.json of distributed.fusion: its mean w")
     p.add_argument("--out", help="results file: .json (default layout) or .csv (long table)")
     p.add_argument("--plot", help="PNG file (one item) or folder: probabilities over time")
-    p.add_argument("--clips", type=int, default=None, help="clips in the timeline (default: C)")
+    p.add_argument(
+        "--clips", type=cli.count, default=None, help="clips in the timeline (default: C)"
+    )
     p.add_argument("--batch", action="store_true", help="always run as a Ray Data job")
     p.add_argument(
         "--batch-threshold",
-        type=int,
+        type=cli.natural,
         default=32,
         help="use Ray Data from this many items on (default 32)",
     )
-    p.add_argument("--actors", type=int, default=1, help="model actors in the Ray Data pool")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--actors", type=cli.count, default=1, help="model actors in the Ray Data pool")
+    p.add_argument("--batch-size", type=cli.count, default=8)
     p.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda")
     p.add_argument(
         "--gpus-per-actor",
@@ -187,6 +189,15 @@ def _on_device(predictor: Predictor, device: str) -> Predictor:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise cli.UsageError(f"--device {device}: not usable on this machine ({first})") from None
     return Predictor(replace(predictor.mf, model=model), device, predictor.timeline_clips)
+
+
+def _writable_folder(path: str, flag: str) -> None:
+    from datasets.records import BadInput
+
+    try:
+        storage.ensure_writable_dir(path, f"{flag} folder")
+    except BadInput as err:
+        raise cli.UsageError(f"{flag} {path}: {err.reason}") from None
 
 
 def fusion_weight(args: PredictArgs) -> float:
@@ -262,6 +273,12 @@ def predict(args: PredictArgs) -> tuple[list[dict], Predictor]:
     if len(args.checkpoint) > 2:
         raise cli.UsageError("give one --checkpoint, or two (a face and a body model)")
     actor_resources(args.device, args.gpus_per_actor)  # a bad --gpus-per-actor fails first
+    if args.out:  # outputs are checked before the work, not after it
+        cli.check_output_file(args.out, "--out")
+    if args.plot and args.plot.endswith(".png"):
+        cli.check_output_file(args.plot, "--plot")
+    elif args.plot:
+        _writable_folder(args.plot, "--plot")
     if len(args.checkpoint) == 2:
         return predict_pair(args)
     data, predictor = _load(args.checkpoint[0], args)

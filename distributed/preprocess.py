@@ -9,15 +9,20 @@ The per-item work (decode, detect, crop; read and fill joints) is the branch's o
 ``--per-shard`` items (sorted by id, so the plan is stable); one Ray task turns one planned shard
 into one Parquet file (temporary name, then rename) plus a small summary file
 (``distributed/shard_tasks.py``). Re-running over
-the same output keeps finished shards and does only the rest. A bad item is skipped, counted and
-reported with its reason; the job fails only when nothing usable is left. The manifest (classes,
-counts, folds, provenance) is written last.
+the same output keeps finished shards and does only the rest; SIGINT (Ctrl-C) or SIGTERM stops
+the job, keeps its finished shards and names, in one line, the command that continues (exit 130
+or 143). A bad item is skipped, counted and reported with its reason (so is a joint file of
+another layout than the set's majority); the job fails only when nothing usable is left. Fewer
+than two classes, and flags that make no sense, are refused before any work. The manifest
+(classes, counts, folds, provenance) is written last; a re-run keeps its default protocol.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 import time
 from collections import Counter
@@ -25,13 +30,28 @@ from dataclasses import asdict, dataclass
 
 from branches import BRANCHES, Branch, get_branch
 from datasets import shards, sources, storage
-from datasets.manifest import Counts, Manifest, write_manifest
+from datasets.items import JOINT_EXTENSIONS
+from datasets.manifest import Counts, Manifest, default_to_keep, write_manifest
 from datasets.protocols import ProtocolError
 from datasets.records import BadInput
 from distributed import cli
 from distributed.common import git_commit, init_ray, print_table
 from distributed.console import Bar
-from distributed.shard_tasks import check_plan, plan_shards, run_tasks, summary_path
+from distributed.folds import (
+    FoldsArgs,
+    check_fold_flags,
+    describe,
+    print_warnings,
+    rewrite_hint,
+    write_folds,
+)
+from distributed.shard_tasks import (
+    check_plan,
+    finished_shards,
+    plan_shards,
+    run_tasks,
+    summary_path,
+)
 
 LAYOUTS = ("ckplus", "list", "folders", "dfew", "mafw", "ferv39k")
 OFFICIAL_LAYOUTS = ("dfew", "mafw", "ferv39k")
@@ -110,9 +130,12 @@ def scan(branch: Branch, args: PreprocessArgs) -> SourceScan:
         if not args.labels:
             raise BadInput(source, "--layout list needs --labels FILE")
         items, skipped = sources.scan_list(source, args.labels, class_names=classes)
+        if classes is not None:
+            listed = sources.listed_labels(args.labels)
+            sources.require_classes(args.labels, classes, listed, "label in this list")
         return SourceScan(items, skipped, classes, protocol)
     pattern = args.subject_pattern
-    kwargs = {"subject_pattern": pattern} if pattern else {}
+    kwargs = {"subject_pattern": pattern} if pattern is not None else {}
     exts = branch.extensions(args.options(branch))
     items, skipped = sources.scan_folders(source, exts, class_names=classes, **kwargs)
     return SourceScan(items, skipped, classes, protocol)
@@ -128,11 +151,28 @@ def class_list(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def check_flags(args: PreprocessArgs) -> None:
+    """Refuse numbers and patterns that make no sense before any work (``UsageError``); the
+    branch's options check their own (``--size``, ``--every``, ``--max-frames``, ...)."""
+    cli.at_least("--per-shard", args.per_shard, 1, "items per shard")
+    cli.at_least("--num-cpus", args.num_cpus, 1, "each shard task takes one")
+    check_fold_flags(args.folds, args.inner_folds, args.seed)
+    if args.subject_pattern is not None:
+        try:
+            groups = re.compile(args.subject_pattern).groups
+        except re.error as err:
+            raise cli.UsageError(f"--subject-pattern {args.subject_pattern!r}: {err}") from None
+        if groups < 1:
+            raise cli.UsageError(f"--subject-pattern {args.subject_pattern!r} has no group: "
+                                 "its group 1 is the subject")  # fmt: skip
+
+
 def preprocess(args: PreprocessArgs) -> int:
     """Run the whole job; returns the process exit code."""
     t0 = time.time()
     branch = get_branch(args.branch)
     opts = args.options(branch)
+    check_flags(args)
     try:
         branch.check_options(opts)
     except ImportError as err:  # an optional install is missing: its message says how
@@ -142,6 +182,11 @@ def preprocess(args: PreprocessArgs) -> int:
     if found.classes is None:  # labels come from folder names or a list: look for typos first
         for warning in sources.label_warnings(items):
             print(f"warning: {warning}", file=sys.stderr)
+    if branch.extensions(opts) == JOINT_EXTENSIONS:  # joint files: one layout per shard folder
+        from datasets.joints import one_layout
+
+        items, odd = one_layout(args.source, items)
+        skipped += odd
     if not items:
         print(f"error: {args.source}: no usable items ({len(skipped)} skipped)", file=sys.stderr)
         for path, reason in skipped:
@@ -151,6 +196,12 @@ def preprocess(args: PreprocessArgs) -> int:
     if found.classes:  # the layout's own class order; drop classes with no item
         present = {it.label for it in items}
         classes = [c for c in classes if c in present]
+    if len(classes) < 2:
+        n = sum(it.label == classes[0] for it in items)
+        raise cli.UsageError(
+            f"{args.source}: one class is not a classification: found only {classes[0]!r} "
+            f"({n} usable item(s), {len(skipped)} skipped); give two or more classes"
+        )
     options = asdict(opts)
     plan = plan_shards(items, args.per_shard)
     plan_doc = {
@@ -178,14 +229,25 @@ def preprocess(args: PreprocessArgs) -> int:
     ]
     print(f"{len(items)} items in {len(plan)} shards; {len(done)} already done, {len(todo)} to do")
     if todo:
-        # The tasks' own output (MediaPipe's and the decoders' native warnings, several lines a
-        # video) stays in Ray's worker logs; our progress line and summary are the console. A
-        # failing shard still reaches it, through the task's exception (run_tasks).
-        init_ray(args.address, args.num_cpus, log_to_driver=False)
-        bar = Bar("preprocessing", sum(len(plan[t["shard"]]) for t in todo))
-        for row in run_tasks(todo):
-            bar.update(int(row["written"]) + int(row["failed"]))
-        bar.close()
+        import ray
+
+        ours = not ray.is_initialized()  # a local instance (or connection) of this job's own
+        tasks = run_tasks(todo)
+        try:
+            # The tasks' own output (MediaPipe's and the decoders' native warnings, several
+            # lines a video) stays in Ray's worker logs; our progress line and summary are the
+            # console. A failing shard still reaches it, through the task's exception.
+            with cli.signal_handlers_kept():  # ray.init makes SIGTERM a bare sys.exit
+                init_ray(args.address, args.num_cpus, log_to_driver=False)
+            bar = Bar("preprocessing", sum(len(plan[t["shard"]]) for t in todo))
+            for row in tasks:
+                bar.update(int(row["written"]) + int(row["failed"]))
+            bar.close()
+        except KeyboardInterrupt:  # SIGINT or SIGTERM (main): keep the finished shards
+            tasks.close()  # cancels the tasks in flight
+            if ours and ray.is_initialized():
+                ray.shutdown()  # and this job's own workers
+            raise
 
     summaries = [
         json.loads(storage.read_bytes(summary_path(args.out, i))) for i in range(len(plan))
@@ -204,6 +266,7 @@ def preprocess(args: PreprocessArgs) -> int:
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"{args.out}: duplicate ids across shards (a torn earlier run?)")
     subjects, labels = table["subject"].to_pylist(), table["label"].to_pylist()
+    default = default_to_keep(args.out, found.protocol)
     manifest = Manifest(
         kind=branch.name,
         classes=tuple(classes),
@@ -222,13 +285,12 @@ def preprocess(args: PreprocessArgs) -> int:
         centre_cropped=tuple(centre),
         notes=tuple(tuple(n) for n in notes),
         git_commit=git_commit(),
+        protocol=default,
         **branch.manifest_extra(table),
     )
     write_manifest(args.out, manifest)
     # Folds are a step of their own (distributed.folds); the default protocol is tried here, and
     # data that cannot fill it (one subject, a class with one item) still leaves usable shards.
-    from distributed.folds import FoldsArgs, describe, write_folds
-
     fargs = FoldsArgs(
         args.out,
         found.protocol,
@@ -241,12 +303,13 @@ def preprocess(args: PreprocessArgs) -> int:
     )
     try:
         _, protocol, _ = write_folds(fargs)
+        print_warnings(protocol)
         folds_line = f"folds: {describe(protocol)} (protocol {found.protocol!r}, the default)"
     except ProtocolError as err:
+        stays = f"; the default stays {default!r}, stored before" if default else ""
         folds_line = (
-            f"no folds written: {err}; choose a protocol the data can fill with "
-            f"`python -m distributed.folds {args.out} --protocol subjects --folds K "
-            "--inner-folds J`"
+            f"no folds written: {err}{stays}; choose counts the data can fill with "
+            f"{rewrite_hint(args.out, found.protocol)}"
         )
     _print_summary(manifest, time.time() - t0)
     print(folds_line)
@@ -335,8 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
-    return cli.run(lambda: preprocess(args))
+    with cli.stop_on_signals() as stop:
+        try:
+            return cli.run(lambda: preprocess(args))
+        except KeyboardInterrupt:
+            again = f"python -m distributed.preprocess {shlex.join(argv)}"
+            print(f"interrupted ({stop.name}): {finished_shards(args.out)}; the same command "
+                  f"resumes shard by shard, continue with: {again}", file=sys.stderr)  # fmt: skip
+            return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ def _csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def write_trials(root: str, rows: list[dict]) -> str:
+    """``root/results/trials.csv``: one row per trial (from the ledgers); returns its path."""
+    path = storage.join(root, "results", "trials.csv")
+    storage.atomic_write_bytes(path, _csv(rows))
+    return path
+
+
 def _precision(precision: str, gpus: float) -> str:
     if gpus:
         return precision + (
@@ -90,7 +97,7 @@ def write_results(
     imp_png = importance_png(imp)
     write = storage.atomic_write_bytes
     write(storage.join(out, "best_config.json"), json.dumps(best, indent=2).encode())
-    write(storage.join(out, "trials.csv"), _csv(rows))
+    write_trials(root, rows)
     write(storage.join(out, "folds.csv"), _csv(folds))
     history = history_png(rows, metric, label=base.select_metric.upper())
     write(storage.join(out, "optimisation_history.png"), history)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from datasets.manifest import Manifest
 from datasets.protocols import Protocol
 from distributed import search_events
 from distributed.checkpoint import TrainedOn
-from distributed.cli import UsageError
+from distributed.cli import JobFailed, UsageError
 from distributed.config import TrainConfig
 from distributed.ledger import (
     Ledger,
@@ -229,6 +230,7 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
         plan.resources.per_worker() if plan.resources.local else {"CPU": DRIVER_CPU},
     )
     name = f"outer{outer}" if ledger.attempt == 0 else f"outer{outer}-resume{ledger.attempt}"
+    ledger_events = LedgerCallback(ledger, asha, n_inner)  # first: it numbers the trials
     tuner = tune.Tuner(
         trainable,
         param_space=tune_space,
@@ -245,21 +247,37 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             verbose=plan.verbose,
             # in-process trials report their checkpoints to Tune: the newest two are kept
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[
-                LedgerCallback(ledger, asha, n_inner),
-                *search_events.callbacks(plan, outer),
-            ],
+            callbacks=[ledger_events, *search_events.callbacks(plan, outer, ledger_events.number)],
         ),
     )
     tuner.fit()
     return ledger
 
 
-def best_of(rows: list[dict]) -> dict:
+def best_of(rows: list[dict]) -> dict | None:
+    """The trial with the best inner-CV score among those that finished every inner fold with
+    a score (None: no trial did)."""
     complete = [r for r in rows if r["complete"] and np.isfinite(r[METRIC])]
-    if not complete:
-        raise RuntimeError("no trial finished every inner fold; see trials.csv for the errors")
-    return max(complete, key=lambda r: r[METRIC])
+    return max(complete, key=lambda r: r[METRIC]) if complete else None
+
+
+def no_trial_finished(plan: SearchPlan, outer: int, pos: str, rows: list[dict]) -> JobFailed:
+    """Every trial of an outer fold failed (or none kept a score): trials.csv is written with
+    every trial so far, each distinct reason is printed once, and the error to end with."""
+    from distributed.report import write_trials
+
+    path = write_trials(plan.root, rows)
+    reasons = Counter(
+        r["error"] or ("a score that is not a number" if r["complete"] else "stopped early")
+        for r in rows
+        if r["outer"] == outer
+    )
+    for reason, n in reasons.most_common():
+        search_events.trials_failed(pos, n, reason)
+    return JobFailed(
+        f"no trial of outer fold {outer} finished every inner fold with a score "
+        f"({sum(reasons.values())} ran; reasons above); every trial: {path}"
+    )
 
 
 def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int, attempt: int = 0) -> dict:
@@ -310,6 +328,8 @@ def run_search(plan: SearchPlan) -> str:
         ledger = search_outer_fold(plan, outer)
         rows = ledger_rows(ledger, outer, plan.space.space, n_inner)
         best = best_of(rows)
+        if best is None:
+            raise no_trial_finished(plan, outer, pos, all_rows + rows)
         params = {k: best[k] for k in plan.space.space}
         epochs = (
             int(round(np.mean(best["best_epochs"]))) + 1

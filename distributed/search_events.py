@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from ray.tune import Callback
 
@@ -58,9 +59,18 @@ def params_text(params: dict) -> str:
 class TrialEvents(Callback):
     """Tune callback: one console line per trial start, finished inner fold and trial end."""
 
-    def __init__(self, *, outer_pos: str, samples: int, n_inner: int, metric: str, keys: list):
+    def __init__(
+        self,
+        *,
+        outer_pos: str,
+        samples: int,
+        n_inner: int,
+        metric: str,
+        keys: list,
+        number: Callable[[str], int | None] | None = None,
+    ):
         self.outer_pos, self.samples, self.n_inner = outer_pos, samples, n_inner
-        self.metric, self.keys = metric, list(keys)
+        self.metric, self.keys, self.number = metric, list(keys), number
         self._folds: dict[str, int] = {}
         self._numbers: dict[str, int] = {}
 
@@ -69,9 +79,15 @@ class TrialEvents(Callback):
         self._folds, self._numbers = {}, {}
 
     def _name(self, trials, trial) -> str:
+        """``outer 1/2 trial 3/20``: the trial's number in its outer fold's ledger (``number``;
+        a resumed search's trials keep theirs), else its place among this Tuner's trials."""
         if trial.trial_id not in self._numbers:
-            ids = [t.trial_id for t in trials]
-            pos = ids.index(trial.trial_id) + 1 if trial.trial_id in ids else len(ids)
+            known = self.number(trial.trial_id) if self.number is not None else None
+            if known is not None:
+                pos = known + 1
+            else:
+                ids = [t.trial_id for t in trials]
+                pos = ids.index(trial.trial_id) + 1 if trial.trial_id in ids else len(ids)
             self._numbers[trial.trial_id] = pos
         return f"outer {self.outer_pos} trial {self._numbers[trial.trial_id]}/{self.samples}"
 
@@ -113,6 +129,11 @@ class TrialEvents(Callback):
         console.emit(f"{self._name(trials, trial)} FAILED{where}")
 
 
+def trials_failed(pos: str, n: int, reason: str) -> None:
+    """One line per distinct reason the trials of an outer fold kept no score."""
+    console.emit(f"outer fold {pos}: {n} trial{'s' if n != 1 else ''} failed with: {reason}")
+
+
 def outer_started(pos: str, outer: int, samples: int, resumed: bool) -> None:
     what = "resuming the search" if resumed else f"searching {samples} configurations"
     console.emit(f"outer fold {pos} (fold {outer}): {what} [{_progress.line()}]")
@@ -133,9 +154,10 @@ def outer_finished(pos: str, summary: dict, metric: str, inner: float) -> None:
     )
 
 
-def callbacks(plan, outer: int) -> list:
-    """The driver-side Tune callbacks of one outer fold's search: our console lines, and with
-    ``plan.mlflow`` Ray's MLflow logger (one MLflow run per trial, every reported epoch)."""
+def callbacks(plan, outer: int, number: Callable[[str], int | None] | None = None) -> list:
+    """The driver-side Tune callbacks of one outer fold's search: our console lines (trials
+    named by ``number``, their number in the ledger), and with ``plan.mlflow`` Ray's MLflow
+    logger (one MLflow run per trial, every reported epoch)."""
     n_inner = len(plan.protocol.fold(outer).inner)
     pos = f"{plan.outers.index(outer) + 1}/{len(plan.outers)}"
     out = [
@@ -145,6 +167,7 @@ def callbacks(plan, outer: int) -> list:
             n_inner=n_inner,
             metric=plan.base.select_metric.upper(),
             keys=list(plan.space.space),
+            number=number,
         )
     ]
     if plan.mlflow:

@@ -84,6 +84,17 @@ def summary_path(out: str, index: int) -> str:
     return shards.shard_path(out, index) + SUMMARY_SUFFIX
 
 
+def finished_shards(out: str) -> str:
+    """How many planned shards of ``out`` are finished (their summary files are there)."""
+    try:
+        plan = json.loads(storage.read_bytes(storage.join(out, PLAN)))
+    except (FileNotFoundError, ValueError):
+        return "no shard finished yet"
+    n = len(plan["shards"])
+    done = sum(storage.exists(summary_path(out, i)) for i in range(n))
+    return f"{done} of {n} shards finished and kept in {out}"
+
+
 def run_tasks(todo: list[dict]) -> Iterator[dict]:
     """Run :func:`run_shard` on every planned shard as plain Ray tasks of 1 CPU; yields each
     task's summary row as it finishes (in finishing order).
@@ -94,7 +105,9 @@ def run_tasks(todo: list[dict]) -> Iterator[dict]:
     ~0.16 s between its ~0.36 s tasks, and 2 CPUs ran 1.1-1.35x one CPU; plain tasks run
     back to back (``benchmarks/pipeline.py``). A task whose worker dies (a decoder crash) is
     retried twice; a task that fails otherwise (its shard cannot be written) stops the job with
-    a :class:`BadInput` naming the shard; finished shards are kept for a resume.
+    a :class:`BadInput` naming the shard; finished shards are kept for a resume. Interrupted
+    (``KeyboardInterrupt``) or closed early, it cancels the tasks in flight, killing their
+    workers.
     """
     import ray
 
@@ -110,19 +123,24 @@ def run_tasks(todo: list[dict]) -> Iterator[dict]:
 
     for _ in range(window):
         submit()
-    while shard_of:
-        ready, _ = ray.wait(list(shard_of), num_returns=1)
-        path = shard_of.pop(ready[0])
-        try:
-            row = ray.get(ready[0])
-        except ray.exceptions.RayError as err:
-            for ref in shard_of:
-                ray.cancel(ref)
-            cause = getattr(err, "cause", None) or err
-            raise BadInput(
-                path,
-                f"this shard failed ({type(cause).__name__}: {cause}); finished shards are "
-                "kept, and the same command resumes after the cause is fixed",
-            ) from None
-        submit()
-        yield row
+    try:
+        while shard_of:
+            ready, _ = ray.wait(list(shard_of), num_returns=1)
+            path = shard_of.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                for ref in shard_of:
+                    ray.cancel(ref)
+                cause = getattr(err, "cause", None) or err
+                raise BadInput(
+                    path,
+                    f"this shard failed ({type(cause).__name__}: {cause}); finished shards are "
+                    "kept, and the same command resumes after the cause is fixed",
+                ) from None
+            submit()
+            yield row
+    except (KeyboardInterrupt, GeneratorExit):  # stopped (Ctrl-C, SIGTERM) or closed early
+        for ref in shard_of:
+            ray.cancel(ref, force=True)  # a task stuck in a read stops too
+        raise

@@ -6,8 +6,11 @@
 ``--inner J`` trains on inner split J of outer fold I and keeps the epoch that is best on its
 validation split. Without ``--inner`` the model trains on the whole outer training fold for E
 epochs and the last epoch is kept: nothing is ever selected on the outer test fold, which only
-``python -m distributed.evaluate`` reads. Re-running with the same ``--out`` and ``--name``
-resumes from the latest checkpoint. ``--local`` (or ``--workers 0``) runs the same loop in this
+``python -m distributed.evaluate`` reads. Re-running with the same ``--out`` and ``--name`` and
+the same inputs (config, fold, shards, host) resumes from the latest checkpoint, or for a
+finished run prints its table and writes its model again; other inputs are refused, naming
+each difference, before Ray starts (``OUT/NAME/run.json`` says what a run was trained with).
+``--local`` (or ``--workers 0``) runs the same loop in this
 process, without a worker group: seconds faster, on this machine's GPU with ``--gpu``, and
 ``pdb`` (``python -m pdb -m distributed.train ... --local``) steps through it. ``batch_size`` is
 the batch of one step over all ``--workers`` (each takes batch_size // workers rows).
@@ -74,24 +77,25 @@ def config_from(args: TrainArgs) -> TrainConfig:
     for key in ("epochs", "model", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    return default_config(args.branch, **overrides)
+    return default_config(args.branch, args.config or "config", **overrides)
 
 
 def train(args: TrainArgs):
     """Train one fold as the command line says; returns (Fit, model file path, config)."""
     from distributed.common import init_ray, node_gpus
+    from distributed.run_file import claim, fold_identity, identity
     from distributed.trainer import (
+        Fit,
         Resources,
         export_model,
         fit_folds,
+        host_of,
         materialize_budget,
         outer_fold_spec,
         prepare_datasets,
         trial_placement,
     )
 
-    if args.workers < 0:
-        raise cli.UsageError(f"--workers must be >= 0 (0: --local), got {args.workers}")
     local = args.local or args.workers == 0
     if local and args.gpu:
         import torch
@@ -114,6 +118,19 @@ def train(args: TrainArgs):
     )
     out = args.out if storage.is_uri(args.out) else os.path.abspath(args.out)
     storage.ensure_writable_dir(out, "--out folder")
+    run_dir, model_file = storage.join(out, name), storage.join(out, name, "model.pt")
+    host = host_of(Resources(0 if local else args.workers))
+    ident = identity(cfg, [fold_identity(spec)], manifest)
+    resume = claim(run_dir, ident, host, args.shards)  # before Ray starts
+    if resume is not None and resume.finished:
+        import pandas as pd
+
+        print(f"{run_dir} already finished (epoch {resume.epoch} of {resume.where} was its "
+              f"last): {resume.path}; pass a new --name to train again", flush=True)  # fmt: skip
+        fit = Fit(pd.DataFrame(resume.history()), resume.filesystem, resume.path)
+        return fit, export_model(fit, model_file), cfg
+    if resume is not None:
+        print(f"resuming from epoch {resume.epoch} of {resume.where}: {resume.path}", flush=True)
     init_ray(args.address, args.num_cpus)
     test_ids = frozenset(protocol.fold(args.fold).test)
     data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
@@ -124,11 +141,11 @@ def train(args: TrainArgs):
         print(f"placement: {note}", flush=True)
     resources = Resources(0 if local else args.workers, gpus, args.cpus_per_worker, placement)
     fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
-    return fit, export_model(fit, storage.join(out, name, "model.pt")), cfg
+    return fit, export_model(fit, model_file), cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m distributed.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -138,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, required=True, help="outer fold index")
     p.add_argument("--inner", type=int, default=None, help="inner split index (validation)")
     p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 0: --local")
+    p.add_argument(
+        "--workers", type=cli.natural, default=1, help="Ray Train workers (DDP); 0: --local"
+    )
     p.add_argument(
         "--local",
         action="store_true",
@@ -147,23 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu", action="store_true", help="one GPU per worker (NCCL; the config's precision)"
     )
-    p.add_argument("--cpus-per-worker", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--cpus-per-worker", type=cli.positive, default=None)
+    p.add_argument("--epochs", type=cli.count, default=None)
     p.add_argument(
         "--config",
         help="JSON/YAML file of flat config overrides (e.g. lr, frames, depth, head), or a paper "
         "preset (configs/*.yaml; its protocol is the default --protocol)",
     )
     p.add_argument("--model", help="model name (sistcm, resnet_tlstm, accm, cnn)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=cli.natural, default=None)
     p.add_argument("--out", default="runs", help="storage path for checkpoints (path or URI)")
     p.add_argument("--name", default=None, help="run name (default: derived from branch and fold)")
     p.add_argument("--smoke", action="store_true", help="tiny model and a few epochs")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")
+    p.add_argument(
+        "--num-cpus", type=cli.positive, default=None, help="CPUs of a local Ray instance"
+    )
     p.add_argument(
         "--materialize-gib",
-        type=float,
+        type=cli.non_negative,
         default=None,
         help="folds up to this many GiB of stored rows are read once into Ray's object store, "
         "larger ones stream every epoch (default: $EMOVIS_MATERIALIZE_GIB or 2; 0 streams all)",

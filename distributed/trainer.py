@@ -30,6 +30,7 @@ from distributed.loop import (
     process_group_backend,
     train_folds,
 )
+from distributed.run_file import claim, fold_identity, identity
 from distributed.worker import train_loop_per_worker
 
 MATERIALIZE_GIB = 2.0  # default budget: folds up to this many stored bytes are materialised
@@ -45,7 +46,7 @@ def materialize_budget(gib: float | None = None) -> float:
             gib = float(text) if text else MATERIALIZE_GIB
         except ValueError:
             raise ValueError(f"${MATERIALIZE_ENV}={text!r}: give a number of GiB") from None
-    if gib < 0:
+    if not 0 <= gib < float("inf"):  # (also NaN)
         raise ValueError(f"the materialisation budget must be >= 0 GiB, got {gib}")
     return gib * 2**30
 
@@ -196,7 +197,8 @@ def prepare_datasets(
     datasets, folds = {}, []
     for j, spec in enumerate(specs):
         datasets[f"train{j}"] = dataset(spec.train, split=True)
-        entry = {"train": f"train{j}", "val": None, "fold": spec.trained_on.to_json()}
+        entry = {"train": f"train{j}", "val": None, "fold": spec.trained_on.to_json(),
+                 "identity": fold_identity(spec)}  # fmt: skip
         if spec.val:
             datasets[f"val{j}"] = dataset(spec.val, split=False)
             entry["val"] = f"val{j}"
@@ -218,16 +220,26 @@ def fit_folds(
     tune_report: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     on_report: Callable[[dict], None] | None = None,
+    keep_models: str | None = None,
 ) -> Fit:
     """Run the training loop over the folds of ``data`` (in sequence) on the hosts
     ``resources`` ask for: in this process (``workers=0``; inside a Tune trial with
     ``tune_report``, reporting to Tune) or on a Ray Train worker group (one TorchTrainer fit;
     with ``tune_report`` its reports also go to Tune through ``TuneReportCallback``).
 
+    A fit that keeps its checkpoints under ``storage_path/name`` first checks what they were
+    trained with (``distributed.run_file``): the same inputs continue from the newest one, other
+    inputs are refused (``UsageError``, naming each difference) before any work.
+
     ``loop`` is the training loop (tests wrap it to inject faults); ``on_report`` sees each
-    epoch's metrics of an in-process fit. Raises the fit's error."""
+    epoch's metrics of an in-process fit; ``keep_models``: a folder (path or URI) where each
+    fold's kept model is written as ``split{j}.pt`` (with ``write_model``). Raises the fit's
+    error."""
     if data.manifest.kind != cfg.branch:
         raise ValueError(f"{data.root} holds {data.manifest.kind} shards, not {cfg.branch}")
+    run = identity(cfg, [f["identity"] for f in data.folds], data.manifest)
+    if not (resources.local and tune_report):  # (a Tune trial's own process: Tune keeps it)
+        claim(storage.join(storage_path, name), run, host_of(resources), data.root)
     per_worker = resources.per_worker()
     loop_config = {
         "train": cfg.to_dict(),
@@ -235,14 +247,20 @@ def fit_folds(
         "folds": data.folds,
         "forbidden_ids": sorted(data.forbidden),
         "threads": max(1, int(per_worker["CPU"])),
-        "model_writer": {"git_commit": git_commit()} if write_model else None,
+        "model_writer": {"git_commit": git_commit(), "keep": keep_models} if write_model else None,
         "checkpoint_every": checkpoint_every,
+        "run": run,
     }
     if resources.local:
         return _fit_here(loop_config, data, resources, storage_path, name, loop, tune_report,
                          on_report)  # fmt: skip
     return _fit_on_workers(loop_config, data, resources, storage_path, name, loop, tune_report,
                            callbacks, max_failures)  # fmt: skip
+
+
+def host_of(resources: Resources) -> str:
+    """Which host keeps a fit's checkpoints (``distributed.run_file.HOSTS``)."""
+    return "local" if resources.local else "worker group"
 
 
 def local_device(resources: Resources) -> str:

@@ -76,12 +76,13 @@ def tune(args: TuneArgs) -> str:
     overrides = dict(branch.smoke) if args.smoke else {}
     preset = load_config_file(args.config, args.branch)
     overrides.update(preset.overrides)
+    default_config(args.branch, args.config or "config", **overrides)  # values, naming the file
     # The whole space file is checked before anything else starts.
     space = load_space(args.branch, args.space, smoke=args.smoke, base_overrides=overrides)
     if preset.overrides:  # a preset is the fixed part of the search and its first point
         space = with_first_point(space, default_config(args.branch, **overrides))
     overrides.update(space.fixed, seed=args.seed)
-    if args.epochs:
+    if args.epochs is not None:
         overrides["epochs"] = args.epochs
     base = default_config(args.branch, **overrides)
     name = args.name or (args.branch + ("-smoke" if args.smoke else ""))
@@ -125,8 +126,9 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         raise cli.UsageError(f"{shards_root} holds {manifest.kind} shards, not {args.branch}")
     key, protocol = read_protocol(shards_root, manifest, args.protocol or preset.protocol)
     n_outer = len(protocol.outer)
-    outers = list(range(min(args.folds or (2 if args.smoke else n_outer), n_outer)))
-    samples = args.samples or (3 if args.smoke else 20)
+    folds = args.folds if args.folds is not None else (2 if args.smoke else n_outer)
+    outers = list(range(min(folds, n_outer)))
+    samples = args.samples if args.samples is not None else (3 if args.smoke else 20)
 
     init_ray(args.address, args.num_cpus)
     cpus_per_worker = args.cpus_per_worker
@@ -191,7 +193,7 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m distributed.tune",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -199,18 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("branch", choices=sorted(BRANCHES))
     p.add_argument("--shards", help="shard folder (default: the synthetic demo set)")
     p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
-    p.add_argument("--folds", type=int, default=None, help="outer folds to run (default: all)")
-    p.add_argument("--samples", type=int, default=None, help="trials per outer fold")
-    p.add_argument("--workers-per-trial", type=int, default=1)
-    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument(
+        "--folds", type=cli.count, default=None, help="outer folds to run (default: all)"
+    )
+    p.add_argument("--samples", type=cli.count, default=None, help="trials per outer fold")
+    p.add_argument("--workers-per-trial", type=cli.count, default=1)
+    p.add_argument("--cpus-per-worker", type=cli.positive, default=None)
     p.add_argument(
         "--gpus-per-worker",
-        type=float,
+        type=cli.non_negative,
         default=0,
         help="GPUs per worker; a fraction shares a GPU between trials (e.g. 0.5: two trials)",
     )
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per fold (default: config)")
+    p.add_argument("--max-concurrent", type=cli.count, default=None)
+    p.add_argument(
+        "--epochs", type=cli.count, default=None, help="epochs per fold (default: config)"
+    )
     p.add_argument(
         "--config",
         help="flat config overrides or a paper preset (configs/*.yaml): "
@@ -223,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--smoke", action="store_true", help="tiny models, 3 trials, 2 outer folds, a few epochs"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.natural, default=0)
     p.add_argument("--quiet", action="store_true", help="with --verbose: less Tune output")
     p.add_argument(
         "--verbose",
@@ -237,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to an MLflow tracking URI")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray instance")
+    p.add_argument(
+        "--num-cpus", type=cli.positive, default=None, help="CPUs of a local Ray instance"
+    )
     return p
 
 

@@ -1,5 +1,5 @@
 """Folds as their own step: the paper's CK+ lists end to end, official DFEW sets through the
-preprocessing job, a one-video folder, several protocols side by side, and the refusals."""
+preprocessing job, a two-video folder, several protocols side by side, and the refusals."""
 
 from __future__ import annotations
 
@@ -133,20 +133,20 @@ def test_dfew_layout_preprocesses_with_the_official_sets(tmp_path, ray_session, 
     assert "class-stratified" in protocol.description  # DFEW names no subjects
 
 
-def test_one_video_preprocesses_and_training_says_how_to_get_folds(tmp_path, ray_session, capsys):
+def test_two_videos_preprocess_and_training_says_how_to_get_folds(tmp_path, ray_session, capsys):
     from datasets.synthetic import write_facial_set
 
     raw = tmp_path / "raw"
     write_facial_set(raw, n_subjects=1, per_class=1, seed=0, size=64, n_frames=6)
-    for label in sorted(p.name for p in raw.iterdir())[1:]:
-        shutil.rmtree(raw / label)  # one video, one subject, one class
+    for label in sorted(p.name for p in raw.iterdir())[2:]:
+        shutil.rmtree(raw / label)  # two videos of two classes, one subject
     out = tmp_path / "one"
     assert preprocess.main(["facial", "--source", str(raw), "--out", str(out), "--size", "32"]) == 0
     printed = capsys.readouterr().out
     line = next(x for x in printed.splitlines() if x.startswith("no folds written"))
     assert "distributed.folds" in line and "subjects" in line
     manifest = read_manifest(str(out))
-    assert manifest.counts.written == 1 and manifest.protocol is None
+    assert manifest.counts.written == 2 and manifest.protocol is None
     # training refuses, in one line, with the same hint; no Ray work is started for it
     from distributed import train
 

@@ -157,10 +157,10 @@ def test_a_shard_that_cannot_be_written_stops_the_job_naming_it_and_resume_finis
 
 
 def test_nothing_usable_fails(tmp_path, ray_session, capsys):
-    src = tmp_path / "bad" / "happy"
-    src.mkdir(parents=True)
-    (src / "s1_a.avi").write_bytes(b"")
-    (src / "s2_b.mp4").write_text("nope")
+    for label in ("happy", "sad"):
+        (tmp_path / "bad" / label).mkdir(parents=True)
+    (tmp_path / "bad" / "happy" / "s1_a.avi").write_bytes(b"")
+    (tmp_path / "bad" / "sad" / "s2_b.mp4").write_text("nope")
     assert _run("facial", tmp_path / "bad", tmp_path / "out") != 0
     err = capsys.readouterr().err
     assert "s1_a.avi" in err and "s2_b.mp4" in err
