@@ -337,7 +337,10 @@ def run_search(plan: SearchPlan) -> str:
             else plan.base.epochs
         )
         cfg = plan.base.override(where="best trial", **params, epochs=max(1, epochs))
-        search_events.final_started(pos, cfg.epochs, params)
+        if plan.resume and storage.exists(storage.join(plan.root, f"outer{outer}", "final.json")):
+            search_events.console.emit(f"outer fold {pos}: retrained before (final.json kept)")
+        else:
+            search_events.final_started(pos, cfg.epochs, params)
         summary = final_fold(plan, cfg, outer, ledger.attempt)
         summary["params"], summary["trial"] = params, best["trial"]
         summary["cv_metric"] = best[METRIC]

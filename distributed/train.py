@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from branches import BRANCHES, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
-from distributed import cli
+from distributed import cli, resources_check
 from distributed.config import TrainConfig, default_config, load_config_file
 
 
@@ -131,16 +131,29 @@ def train(args: TrainArgs):
         return fit, export_model(fit, model_file), cfg
     if resume is not None:
         print(f"resuming from epoch {resume.epoch} of {resume.where}: {resume.path}", flush=True)
-    init_ray(args.address, args.num_cpus)
-    test_ids = frozenset(protocol.fold(args.fold).test)
-    data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
+    ray = init_ray(args.address, args.num_cpus)
     gpus = 1.0 if args.gpu else 0.0
     autoscaling = bool(args.address or os.environ.get("RAY_ADDRESS"))
     placement, note = trial_placement(0 if local else args.workers, gpus, node_gpus(), autoscaling)
+    resources = Resources(0 if local else args.workers, gpus, args.cpus_per_worker, placement)
+    request = resources_check.Request(
+        "the fit", resources.workers, resources.per_worker()["CPU"], gpus, placement,
+        workers_flag="--workers", gpus_flag="--gpu",
+    )  # fmt: skip
+    if not autoscaling:  # (an autoscaling cluster's node types are not known here)
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        why = resources_check.impossible(request, nodes)
+        if why:
+            raise cli.UsageError(why)
     if note:
         print(f"placement: {note}", flush=True)
-    resources = Resources(0 if local else args.workers, gpus, args.cpus_per_worker, placement)
-    fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
+    test_ids = frozenset(protocol.fold(args.fold).test)
+    data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
+    with resources_check.Watch(
+        request, lambda: ray.util.placement_group_table().values(), ray.available_resources,
+        lambda line: print(line, flush=True),
+    ):  # fmt: skip
+        fit = fit_folds(cfg, data, resources=resources, storage_path=out, name=name)
     return fit, export_model(fit, model_file), cfg
 
 

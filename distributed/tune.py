@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from branches import BRANCHES, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
-from distributed import cli, console
+from distributed import cli, console, resources_check, search_run
 from distributed.config import default_config, load_config_file
 
 
@@ -90,6 +90,8 @@ def tune(args: TuneArgs) -> str:
     root = storage.join(storage_root, name)
     if not args.resume and storage.exists(storage.join(root, "outer0")):
         raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
+    if args.resume:
+        search_run.require_run(root)
     storage.ensure_writable_dir(root, "--storage folder")
     if args.mlflow:
         try:
@@ -106,7 +108,11 @@ def tune(args: TuneArgs) -> str:
     with console.capture(log_dir, "tune", verbose=args.verbose) as con:
         if con.log_path:
             con.emit(f"log: {con.log_path}{note} (Ray, Tune, workers; --verbose shows them here)")
-        return _tune(args, branch, base, space, preset, name, root)
+        lock = search_run.acquire(root)  # one driver per run; released on errors too
+        try:
+            return _tune(args, branch, base, space, preset, name, root)
+        finally:
+            search_run.release(lock)
 
 
 def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> str:
@@ -129,6 +135,14 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
     folds = args.folds if args.folds is not None else (2 if args.smoke else n_outer)
     outers = list(range(min(folds, n_outer)))
     samples = args.samples if args.samples is not None else (3 if args.smoke else 20)
+    search_run.check(  # what the run depends on: a --resume with any other input is refused
+        root,
+        search_run.fingerprint(
+            manifest=manifest, shards=shards_root, protocol_key=key, protocol=protocol,
+            base=base, space=space,
+        ),
+        args.resume,
+    )  # fmt: skip
 
     init_ray(args.address, args.num_cpus)
     cpus_per_worker = args.cpus_per_worker
@@ -136,6 +150,14 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         cpus_per_worker = 1.0 if cluster_cpus() >= 8 else 0.5
     autoscaling = bool(args.address or os.environ.get("RAY_ADDRESS"))
     gpus = args.gpus_per_worker
+    request = resources_check.Request(
+        "a trial",
+        args.workers_per_trial,
+        cpus_per_worker,
+        gpus,
+        trial_placement(args.workers_per_trial, gpus, node_gpus(), autoscaling)[0],
+    )
+    _refuse_impossible(request, autoscaling)
     concurrency = plan_concurrency(
         cluster_cpus(),
         args.workers_per_trial,
@@ -185,11 +207,30 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         verbose=(1 if args.quiet else 2) if args.verbose else 0,
         mlflow=args.mlflow,
     )
-    text = run_search(plan)
+    import ray
+
+    with resources_check.Watch(
+        request, lambda: ray.util.placement_group_table().values(), ray.available_resources,
+        console.emit,
+    ):  # fmt: skip
+        text = run_search(plan)
     result = next((ln.replace("**", "") for ln in text.splitlines() if ln.startswith("**WAR")), "")
     console.emit(f"result: {result}")
     console.emit(f"report: {storage.join(root, 'results', 'report.md')}")
     return text
+
+
+def _refuse_impossible(request, autoscaling: bool) -> None:
+    """One line and exit 2 for a trial no node of a fixed cluster can hold (Ray would queue it
+    for ever). An autoscaling cluster is not checked: its node types are not known here."""
+    if autoscaling:
+        return
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    why = resources_check.impossible(request, nodes)
+    if why:
+        raise cli.UsageError(why)
 
 
 def build_parser() -> argparse.ArgumentParser:
