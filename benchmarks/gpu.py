@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -1246,17 +1245,9 @@ SECTIONS: dict[str, tuple[str, Callable]] = {  # name -> (issue letter, function
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    from distributed.common import git_commit as commit  # (Ray-free)
+
+    return commit()
 
 
 def cpu_name() -> str:

@@ -20,17 +20,9 @@ from distributed.checkpoint import TrainedOn, save_model
 from distributed.config import ConfigError, default_config
 from distributed.steps import build
 from distributed.trainer import data_info
+from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _one_line_error(err: str, *needles: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, err)
-    return lines[0]
 
 
 def _exit_code(main, argv) -> int:
@@ -130,7 +122,7 @@ def test_a_killed_run_resumes_with_the_same_inputs_and_refuses_other_ones(
 
             m.setattr(trainer, "prepare_datasets", lambda *a, **k: pytest.fail("Ray work"))
             assert train.main(argv + ["--config", str(other)]) == 2
-        _one_line_error(capsys.readouterr().err, str(tmp_path / "k"),
+        one_line_error(capsys.readouterr().err, str(tmp_path / "k"),
                         "lr: 0.001 in the checkpoint, 0.05 now", "--name")  # fmt: skip
         assert train.main(argv) == 0
     finally:
@@ -166,10 +158,10 @@ def test_a_worker_group_run_run_again_is_finished_and_other_inputs_are_refused_b
     other = tmp_path / "wd.yaml"
     other.write_text("weight_decay: 0.01\n")
     assert train.main(argv + ["--config", str(other)]) == 2
-    _one_line_error(capsys.readouterr().err, "weight_decay: 0.0 in the checkpoint, 0.01 now")
+    one_line_error(capsys.readouterr().err, "weight_decay: 0.0 in the checkpoint, 0.01 now")
     at = argv.index("--workers")
     assert train.main(argv[:at] + argv[at + 2 :] + ["--local"]) == 2
-    _one_line_error(capsys.readouterr().err, "a Ray Train worker group", "--local")
+    one_line_error(capsys.readouterr().err, "a Ray Train worker group", "--local")
 
 
 # --- 5. numbers and config values are checked before Ray starts -------------------------------
@@ -197,7 +189,7 @@ def test_tune_numbers_out_of_range_are_refused(
 
     argv = ["gesture", "--smoke", "--shards", gesture_shards, "--storage", str(tmp_path), *flags]
     assert _exit_code(tune.main, argv) == 2
-    _one_line_error(capsys.readouterr().err, needle)
+    one_line_error(capsys.readouterr().err, needle)
     assert not (tmp_path / "gesture-smoke").exists()
 
 
@@ -218,7 +210,7 @@ def test_train_numbers_out_of_range_are_refused(
 
     argv = ["gesture", "--shards", gesture_shards, "--fold", "0", "--out", str(tmp_path), *flags]
     assert _exit_code(train.main, argv) == 2
-    _one_line_error(capsys.readouterr().err, needle)
+    one_line_error(capsys.readouterr().err, needle)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +243,7 @@ def test_config_values_are_checked_in_one_line_naming_the_file_and_key(
     argv = [branch, "--shards", gesture_shards, "--fold", "0", "--config", str(cfg),
             "--out", str(tmp_path / "runs")]  # fmt: skip
     assert train.main(argv) == 2
-    _one_line_error(capsys.readouterr().err, "bad.yaml", *needles)
+    one_line_error(capsys.readouterr().err, "bad.yaml", *needles)
 
 
 def test_a_tune_config_value_is_checked_before_ray(gesture_shards, tmp_path, no_ray_work, capsys):
@@ -262,7 +254,7 @@ def test_a_tune_config_value_is_checked_before_ray(gesture_shards, tmp_path, no_
     argv = ["gesture", "--smoke", "--shards", gesture_shards, "--config", str(cfg),
             "--storage", str(tmp_path / "runs")]  # fmt: skip
     assert tune.main(argv) == 2
-    _one_line_error(capsys.readouterr().err, "bad.yaml", "lr", "'abc'")
+    one_line_error(capsys.readouterr().err, "bad.yaml", "lr", "'abc'")
     assert not (tmp_path / "runs").exists()
 
 
@@ -303,7 +295,7 @@ def test_evaluate_names_both_branches_when_a_model_meets_the_other_branchs_shard
             "--out", str(tmp_path / "eval")]  # fmt: skip
     for extra in ([], ["--allow-other-preprocessing"]):
         assert evaluate.main(argv + extra) == 2
-        _one_line_error(capsys.readouterr().err, "facial model", "gesture shards")
+        one_line_error(capsys.readouterr().err, "facial model", "gesture shards")
 
 
 def test_export_to_an_unwritable_folder_fails_in_one_line_before_exporting(
@@ -314,9 +306,9 @@ def test_export_to_an_unwritable_folder_fails_in_one_line_before_exporting(
     monkeypatch.setattr(export, "export_program", lambda *a, **k: pytest.fail("exported first"))
     for out in ("/proc/self/model.pt2", "/proc/self/emovis/model.pt2"):
         assert export.main(["--checkpoint", gesture_model, "--out", out]) == 2
-        _one_line_error(capsys.readouterr().err, out, "cannot write")
+        one_line_error(capsys.readouterr().err, out, "cannot write")
     assert export.main(["--checkpoint", gesture_model, "--out", "/proc"]) == 2
-    _one_line_error(capsys.readouterr().err, "/proc", "folder")
+    one_line_error(capsys.readouterr().err, "/proc", "folder")
 
 
 def test_predict_to_unwritable_storage_fails_in_one_line_before_predicting(
@@ -329,7 +321,7 @@ def test_predict_to_unwritable_storage_fails_in_one_line_before_predicting(
     for flag, out in (("--out", "/proc/self/p.json"), ("--plot", "/proc/self/plots")):
         assert predict.main([item, "--checkpoint", gesture_model, flag, out]) == 2
         io = capsys.readouterr()
-        _one_line_error(io.err, out, flag, "cannot write")
+        one_line_error(io.err, out, flag, "cannot write")
         assert io.out == ""  # nothing was predicted
 
 
@@ -395,7 +387,7 @@ def test_a_search_whose_trials_all_fail_writes_trials_csv_and_names_each_error_o
 ):
     *_, tmp, _, code, out, err = failed_search
     assert code == 1, (code, out[-2000:], err[-2000:])
-    _one_line_error(err, "no trial of outer fold 0 finished", "trials.csv")
+    one_line_error(err, "no trial of outer fold 0 finished", "trials.csv")
     trials = tmp / "f" / "results" / "trials.csv"
     assert trials.exists()
     text = trials.read_text()

@@ -25,18 +25,10 @@ from datasets.synthetic_gesture import write_gesture_set
 from distributed import folds as folds_cli
 from distributed import preprocess
 from distributed.shard_tasks import SUMMARY_SUFFIX
+from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(150)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _one_line_error(err: str, *needles: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, err)
-    return lines[0]
 
 
 def _gesture_argv(source, out, *extra) -> list[str]:
@@ -73,7 +65,7 @@ def test_preprocess_refuses_flags_that_make_no_sense_before_any_work(
     out = tmp_path / "out"
     code = preprocess.main(_gesture_argv(gestures, out, *flags))
     assert code == 2
-    _one_line_error(capsys.readouterr().err, needle, flags[1])
+    one_line_error(capsys.readouterr().err, needle, flags[1])
     assert not out.exists()
 
 
@@ -81,7 +73,7 @@ def test_folds_cli_refuses_flags_that_make_no_sense(tmp_path, capsys):
     for flags in (("--folds", "1"), ("--inner-folds", "0"), ("--seed", "-3")):
         code = folds_cli.main([str(tmp_path / "none"), "--protocol", "subjects", *flags])
         assert code == 2
-        _one_line_error(capsys.readouterr().err, flags[0], flags[1])
+        one_line_error(capsys.readouterr().err, flags[0], flags[1])
 
 
 # --- 6: one class is not a classification -------------------------------------------------------
@@ -92,22 +84,22 @@ def test_a_single_class_is_refused_before_writing(gestures, tmp_path, capsys):
     shutil.copytree(gestures / "bow", one / "bow")
     out = tmp_path / "out"
     assert preprocess.main(_gesture_argv(one, out)) == 2
-    _one_line_error(capsys.readouterr().err, "one class", "'bow'")
+    one_line_error(capsys.readouterr().err, "one class", "'bow'")
     assert not out.exists()
 
 
 def test_a_class_list_entry_that_matches_nothing_is_named(gestures, tmp_path, capsys):
     out = tmp_path / "out"
     assert preprocess.main(_gesture_argv(gestures, out, "--classes", "bow,shrugg")) == 2
-    _one_line_error(capsys.readouterr().err, "'shrugg'", "'shrug'")
+    one_line_error(capsys.readouterr().err, "'shrugg'", "'shrug'")
     assert preprocess.main(_gesture_argv(gestures, out, "--classes", "bow,open_mout")) == 2
-    _one_line_error(capsys.readouterr().err, "'open_mout'")
+    one_line_error(capsys.readouterr().err, "'open_mout'")
     listing = tmp_path / "labels.txt"
     listing.write_text("".join(f"{p.relative_to(gestures)} {p.parent.name}\n"
                                for p in sorted(gestures.rglob("*.npz"))))  # fmt: skip
     argv = _gesture_argv(gestures, out, "--layout", "list", "--labels", str(listing))
     assert preprocess.main([*argv, "--classes", "bow,Shrug"]) == 2
-    _one_line_error(capsys.readouterr().err, "labels.txt", "'Shrug'", "'shrug'")
+    one_line_error(capsys.readouterr().err, "labels.txt", "'Shrug'", "'shrug'")
     assert not out.exists()
 
 
@@ -180,7 +172,7 @@ def test_joint_layouts_without_a_majority_are_refused(tmp_path, capsys):
             np.save(src / label / f"s{k}_x.npy", arr)
     out = tmp_path / "out"
     assert preprocess.main(_gesture_argv(src, out)) == 2
-    _one_line_error(capsys.readouterr().err, "17 joints", "25 joints")
+    one_line_error(capsys.readouterr().err, "17 joints", "25 joints")
     assert not out.exists()
 
 

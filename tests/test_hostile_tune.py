@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from distributed import search_run, tune
+from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,15 +44,6 @@ def _argv(shards: str, storage: Path, *extra: str) -> list[str]:
             "--name", "x", *extra]  # fmt: skip
 
 
-def _one_line_error(err: str, *needles: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, err)
-    return lines[0]
-
-
 def _reaches_ray(argv: list[str]) -> None:
     """Run ``tune`` up to the point where Ray would start (``no_ray_work`` stops it there)."""
     with pytest.raises(AssertionError, match=RAY_STARTED):
@@ -74,7 +66,7 @@ def test_resume_of_a_run_that_does_not_exist_is_refused(
 ):
     capfd.readouterr()
     assert tune.main(_argv(gesture_shards, tmp_path, "--resume")) == 2
-    _one_line_error(capfd.readouterr().err, "no run", str(tmp_path / "x"), "--resume")
+    one_line_error(capfd.readouterr().err, "no run", str(tmp_path / "x"), "--resume")
     assert not (tmp_path / "x").exists()  # nothing was created for it
 
 
@@ -85,11 +77,11 @@ def test_resume_on_other_shards_or_seed_is_refused_before_ray(
     assert json.loads((tmp_path / "x" / search_run.SEARCH_FILE).read_text())["fingerprint"]
     capfd.readouterr()
     assert tune.main(_argv(other_shards, tmp_path, "--resume")) == 2
-    _one_line_error(capfd.readouterr().err, "shards:", gesture_shards, other_shards)
+    one_line_error(capfd.readouterr().err, "shards:", gesture_shards, other_shards)
     assert tune.main(_argv(gesture_shards, tmp_path, "--resume", "--seed", "1")) == 2
-    _one_line_error(capfd.readouterr().err, "--seed: 0 when the run started, 1 now")
+    one_line_error(capfd.readouterr().err, "--seed: 0 when the run started, 1 now")
     assert tune.main(_argv(gesture_shards, tmp_path, "--resume", "--epochs", "2")) == 2
-    _one_line_error(capfd.readouterr().err, "epochs: 1 when the run started, 2 now")
+    one_line_error(capfd.readouterr().err, "epochs: 1 when the run started, 2 now")
     # the same inputs from a copy of the same data in another folder are the same run
     same = tmp_path / "moved"
     shutil.copytree(gesture_shards, same)
@@ -104,7 +96,7 @@ def test_a_second_driver_is_refused_naming_the_holder(gesture_shards, tmp_path, 
         lock.write_text(json.dumps({"host": host, "pid": pid, "started": time.time()}))
         capfd.readouterr()
         assert tune.main(_argv(gesture_shards, tmp_path, "--resume")) == 2
-        _one_line_error(capfd.readouterr().err, "another driver", f"host {host}, pid {pid}")
+        one_line_error(capfd.readouterr().err, "another driver", f"host {host}, pid {pid}")
         assert json.loads(lock.read_text())["pid"] == pid  # the holder's lock is left alone
 
 
@@ -158,5 +150,5 @@ def test_a_finished_search_resumed_on_other_shards_is_refused(
 
     monkeypatch.setattr(common, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     assert tune.main(_argv(other_shards, tmp_path, "--resume")) == 2
-    _one_line_error(capfd.readouterr().err, "shards:", other_shards)
+    one_line_error(capfd.readouterr().err, "shards:", other_shards)
     assert (tmp_path / "x" / "results" / "report.md").read_text() == report

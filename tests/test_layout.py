@@ -22,14 +22,16 @@ def test_models_import_neither_ray_nor_datasets():
 
 
 def test_the_core_imports_no_ray():
-    """Config, steps, checkpoints, collates, evaluation, the Predictor, export and plots are
-    Ray-free: importing the evaluate/predict/export CLIs must not load Ray."""
+    """Config, steps, checkpoints, collates, evaluation, the Predictor, export, plots, the
+    training loop, its in-process hosts and the streamed reader are Ray-free: importing them
+    (and the evaluate/predict/export CLIs) must not load Ray."""
     import subprocess
     import sys
 
     code = (
         "import sys; import distributed.evaluate, distributed.predict, distributed.export, "
-        "distributed.predictor, distributed.plots, branches; "
+        "distributed.predictor, distributed.plots, distributed.loop, distributed.local_mode, "
+        "distributed.stream, distributed.run_file, distributed.resources_check, branches; "
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

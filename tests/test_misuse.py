@@ -24,17 +24,10 @@ from distributed.config import default_config
 from distributed.search_space import load_space
 from distributed.steps import build
 from distributed.trainer import data_info
+from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, err)
 
 
 # --- evaluate reads what the checkpoint says about itself ---------------------------------------
@@ -61,7 +54,7 @@ def test_evaluate_refuses_training_rows_and_names_the_held_out_fold(
     out = ["--out", str(tmp_path / "e")]
     code, io = _evaluate(capsys, outer0_model, gesture_shards, "--fold", "1", *out)
     assert code == 2
-    _one_line_error(io.err, "outer0.pt", "training rows of outer fold 0", "--fold 0",
+    one_line_error(io.err, "outer0.pt", "training rows of outer fold 0", "--fold 0",
                     "--allow-train-rows")  # fmt: skip
     assert not (tmp_path / "e").exists()
     code, io = _evaluate(capsys, outer0_model, gesture_shards, "--fold", "0", *out)
@@ -72,10 +65,10 @@ def test_evaluate_refuses_training_rows_and_names_the_held_out_fold(
     for bad in ("7", "-1"):
         code, io = _evaluate(capsys, outer0_model, gesture_shards, "--fold", bad, *out)
         assert code == 2
-        _one_line_error(io.err, f"outer fold {bad} does not exist", "0..2")
+        one_line_error(io.err, f"outer fold {bad} does not exist", "0..2")
     code, io = _evaluate(capsys, outer0_model, gesture_shards, "--fold", "0", "--inner", "5")
     assert code == 2
-    _one_line_error(io.err, "inner split 5 does not exist")
+    one_line_error(io.err, "inner split 5 does not exist")
 
 
 def test_evaluate_refuses_shards_preprocessed_otherwise(gesture_shards, tmp_path, capsys):
@@ -86,7 +79,7 @@ def test_evaluate_refuses_shards_preprocessed_otherwise(gesture_shards, tmp_path
     save_model(str(path), build(cfg, other), cfg, other, TrainedOn(0, None, "subjects"), "t")
     code, io = _evaluate(capsys, str(path), gesture_shards, "--fold", "0")
     assert code == 2
-    _one_line_error(io.err, "preprocessed otherwise", "fill_missing False vs True",
+    one_line_error(io.err, "preprocessed otherwise", "fill_missing False vs True",
                     "--allow-other-preprocessing")  # fmt: skip
 
 
@@ -95,12 +88,12 @@ def test_garbage_checkpoints_get_one_line(gesture_shards, tmp_path, capsys):
     junk.write_bytes(os.urandom(300))
     code, io = _evaluate(capsys, str(junk), gesture_shards, "--fold", "0")
     assert code == 2
-    _one_line_error(io.err, "junk.pt", "not a readable model checkpoint")
+    one_line_error(io.err, "junk.pt", "not a readable model checkpoint")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     code, io = _evaluate(capsys, str(other), gesture_shards, "--fold", "0")
     assert code == 2
-    _one_line_error(io.err, "other.pt", "not an emovis model checkpoint")
+    one_line_error(io.err, "other.pt", "not an emovis model checkpoint")
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -181,7 +174,7 @@ def test_bad_space_files_fail_in_one_line_before_ray(text, needles, tmp_path, ge
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
-    _one_line_error(done.stderr, "bad.yaml", *needles)
+    one_line_error(done.stderr, "bad.yaml", *needles)
     assert not store.exists()  # nothing written, no journal left behind
     assert "Started a local Ray instance" not in done.stderr + done.stdout
 
@@ -236,14 +229,14 @@ def test_unwritable_outputs_fail_in_one_line(gesture_shards, tmp_path, capsys):
                         (Path("/proc/self/emovis-out"), "cannot write")):  # fmt: skip
         code = preprocess.main(["gesture", "--source", str(src), "--out", str(out)])
         assert code == 2
-        _one_line_error(capsys.readouterr().err, str(out), needle)
+        one_line_error(capsys.readouterr().err, str(out), needle)
     done = subprocess.run(
         [sys.executable, "-m", "distributed.tune", "gesture", "--smoke", "--shards",
          gesture_shards, "--storage", "/proc/self/emovis-runs"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
-    _one_line_error(done.stderr, "/proc/self/emovis-runs", "cannot write")
+    one_line_error(done.stderr, "/proc/self/emovis-runs", "cannot write")
 
 
 def test_an_image_sequence_keeps_its_readable_frames(tmp_path):
