@@ -226,7 +226,7 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             train_storage=storage.join(root, "train"),
             data=data,
         ),
-        # in local mode the trial's own process trains: it holds the worker's CPUs
+        # a one-worker trial trains in its own process: it holds the worker's CPUs (and GPUs)
         plan.resources.per_worker() if plan.resources.local else {"CPU": DRIVER_CPU},
     )
     name = f"outer{outer}" if ledger.attempt == 0 else f"outer{outer}-resume{ledger.attempt}"

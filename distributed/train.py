@@ -10,10 +10,10 @@ epochs and the last epoch is kept: nothing is ever selected on the outer test fo
 the same inputs (config, fold, shards, host) resumes from the latest checkpoint, or for a
 finished run prints its table and writes its model again; other inputs are refused, naming
 each difference, before Ray starts (``OUT/NAME/run.json`` says what a run was trained with).
-``--local`` (or ``--workers 0``) runs the same loop in this
-process, without a worker group: seconds faster, on this machine's GPU with ``--gpu``, and
-``pdb`` (``python -m pdb -m distributed.train ... --local``) steps through it. ``batch_size`` is
-the batch of one step over all ``--workers`` (each takes batch_size // workers rows).
+``--local`` (or ``--workers 0``) runs the same loop in this process, without a worker group:
+seconds faster, on this machine's GPU with ``--gpu``, and ``pdb`` (``python -m pdb -m
+distributed.train ... --local``) steps through it. ``batch_size`` is the batch of one step over
+all ``--workers`` (each takes batch_size // workers rows).
 """
 
 from __future__ import annotations

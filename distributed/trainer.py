@@ -1,8 +1,10 @@
-"""Fitting with Ray Train (DDP): folds -> Ray datasets -> one TorchTrainer fit -> Fit.
+"""Fitting: folds -> datasets -> the training loop on its host -> Fit.
 
 Library code behind ``distributed.train`` (one fold), ``distributed.tune`` (every inner split of
-a trial in one fit) and ``distributed.fusion``. One fit can run several folds in sequence, so the
-fixed cost of a worker group is paid once per fit, not once per fold.
+a trial in one fit) and ``distributed.fusion``. The loop (``distributed.loop``) runs in this
+process (``workers=0``; in a Tune trial it reports to Tune) or on a Ray Train worker group (one
+TorchTrainer fit, DDP). One fit can run several folds in sequence, so the fixed cost of a worker
+group is paid once per fit, not once per fold.
 """
 
 from __future__ import annotations

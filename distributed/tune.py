@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--worker-group",
         action="store_true",
-        help="run 1-worker trials on a Ray Train worker group instead of local mode",
+        help="run 1-worker trials on a Ray Train worker group instead of in the trial's process",
     )
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to an MLflow tracking URI")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
