@@ -64,7 +64,6 @@ from torch import nn  # noqa: E402
 T_START = time.perf_counter()
 CLASSES = ("angry", "contempt", "disgust", "fear", "happy", "sad", "surprise")  # CK+, 7 classes
 PRECISIONS = ("bf16", "fp16", "fp32")
-AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 NOT_ALLOWED = ("ray", "pandas", "sklearn", "optuna")  # absent on the GPU machine
 # Dense bf16 tensor-core peaks in TFLOP/s by device name, first match wins; None = unknown.
 PEAK_BF16 = (
@@ -163,15 +162,16 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    dtype = AUTOCAST[precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    from distributed.loop import autocast as loop_autocast  # the loop's own (Ray-free)
+
+    return loop_autocast(device, precision)
 
 
 def auto_precision(device: torch.device) -> str:
     """What the training loop's ``precision="auto"`` runs in on ``device``."""
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from distributed.loop import resolve_precision
+
+    return resolve_precision("auto", device)
 
 
 def precision_skip(device: torch.device, precision: str, cache: dict) -> str | None:
@@ -992,7 +992,7 @@ def facial_fold(root: str, ids):
     from distributed.stream import StreamedFold
 
     columns = get_branch("facial").columns
-    groups = [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
+    groups = shards.shard_row_groups(root, columns)
     return StreamedFold.plan(groups, columns, ids, split=True)
 
 

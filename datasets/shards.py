@@ -239,6 +239,11 @@ class FoldPart:
     rows: int  # of them, rows of the fold (kept)
 
 
+def shard_row_groups(root: str, columns: Iterable[str]) -> list[RowGroup]:
+    """Every row group of a shard folder (one footer read per file)."""
+    return [g for f in shard_files(root) for g in row_groups(f, columns)]
+
+
 def fold_plan(
     groups: Sequence[RowGroup], ids: Iterable[str], row_ids: dict | None = None
 ) -> list[FoldPart]:

@@ -22,6 +22,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from branches import get_branch
 from datasets import shards
+from datasets.shards import shard_row_groups
 from distributed.stream import arrow_columns
 
 DATA_CPUS = 0.25
@@ -78,11 +79,6 @@ def _read_parts(parts: list, columns: list[str], ids: list[str]):
     tables = [t for t in (shards.read_fold_part(p, columns, ids) for p in parts) if t.num_rows]
     if tables:
         yield pa.concat_tables(tables)
-
-
-def shard_row_groups(root: str, columns: list[str]) -> list:
-    """Every row group of a shard folder (one footer read per file)."""
-    return [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
 
 
 class FoldDatasource(Datasource):

@@ -43,6 +43,23 @@ def test_the_gpu_backend_string_serves_cpu_and_cuda_tensors():
     assert _backend_map(process_group_backend(False))["cpu"] == "gloo"
 
 
+def _streamed_inner_split(root: str):
+    """(manifest, inner split 0 of outer fold 0, its folds streamed: train0 split, val0 not)."""
+    from branches import get_branch
+    from distributed.stream import StreamedFold
+
+    manifest = read_manifest(root)
+    key, protocol = read_protocol(root, manifest)
+    spec = outer_fold_spec(protocol, key, 0, 0)
+    columns = get_branch("gesture").columns
+    groups = shards.shard_row_groups(root, columns)
+    folds = {
+        "train0": StreamedFold.plan(groups, columns, spec.train, split=True),
+        "val0": StreamedFold.plan(groups, columns, spec.val, split=False),
+    }
+    return manifest, spec, folds
+
+
 class PlainHost:
     """The loop's host on a plain torch.distributed group: no Ray anywhere."""
 
@@ -95,17 +112,7 @@ def test_the_loop_on_a_plain_process_group_hands_collectives_device_tensors(
     split's size exactly (each row scored once) and both ranks report the same metrics."""
     import torch.multiprocessing as mp
 
-    from distributed.stream import StreamedFold
-
-    manifest = read_manifest(gesture_shards)
-    key, protocol = read_protocol(gesture_shards, manifest)
-    spec = outer_fold_spec(protocol, key, 0, 0)
-    columns = ("id", "label", "n_frames", "n_joints", "dims", "joints", "confidence")
-    groups = [g for f in shards.shard_files(gesture_shards) for g in shards.row_groups(f, columns)]
-    folds = {
-        "train0": StreamedFold.plan(groups, columns, spec.train, split=True),
-        "val0": StreamedFold.plan(groups, columns, spec.val, split=False),
-    }
+    manifest, spec, folds = _streamed_inner_split(gesture_shards)
     cfg = default_config("gesture", **SMALL)
     config = {
         "train": cfg.to_dict(),
@@ -143,7 +150,7 @@ def test_a_training_epoch_does_not_wait_for_the_device_per_step(
     root = gesture_shards if branch == "gesture" else facial_pair_shards
     manifest = read_manifest(root)
     columns = get_branch(branch).columns
-    groups = [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]
+    groups = shards.shard_row_groups(root, columns)
     ids = shards.read_table(root, columns=["id"])["id"].to_pylist()
     fold = StreamedFold.plan(groups, columns, ids, split=True)
     small = SMALL if branch == "gesture" else dict(clips=1, frames=2, lstm1=8, lstm2=4, lr=1e-2)
@@ -288,17 +295,8 @@ def test_checkpoints_on_improvement_every_n_epochs_and_at_the_last(gesture_shard
     when it improved the fold's best validation score, every ``checkpoint_every`` epochs, and at
     the fold's last epoch."""
     from distributed import loop
-    from distributed.stream import StreamedFold
 
-    manifest = read_manifest(gesture_shards)
-    key, protocol = read_protocol(gesture_shards, manifest)
-    spec = outer_fold_spec(protocol, key, 0, 0)
-    columns = ("id", "label", "n_frames", "n_joints", "dims", "joints", "confidence")
-    groups = [g for f in shards.shard_files(gesture_shards) for g in shards.row_groups(f, columns)]
-    folds = {
-        "train0": StreamedFold.plan(groups, columns, spec.train, split=True),
-        "val0": StreamedFold.plan(groups, columns, spec.val, split=False),
-    }
+    manifest, spec, folds = _streamed_inner_split(gesture_shards)
     cfg = default_config("gesture", **{**SMALL, "epochs": 12, "lr": 0.05})
     host = RecordingHost(folds)
     config = {
