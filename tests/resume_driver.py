@@ -10,7 +10,8 @@ code (production code has no test switches):
 - ``result:N:K``: right after the ledger records trial N's K-th result (its next epoch runs);
 - ``trial-end:N``: right after the ledger records that trial N ended, before Tune's next
   experiment-state save (the moment that used to re-run or downgrade the trial);
-- ``final``: during the final retrain, once its first checkpoint is written.
+- ``final``: during the final retrain: at its first reported epoch (in-process), or once its
+  first checkpoint is written (worker group).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def install(point: str) -> None:
 
         def fit_folds(cfg, data, **kwargs):
             if "final" in kwargs["name"]:
+                # in-process fit: die at its first reported epoch, in the loop's own thread (a
+                # watcher polling for the first checkpoint can lose the race with a fit whose
+                # only checkpoint is its last epoch's); on a worker group: the watcher
+                kwargs["on_report"] = lambda metrics: die()
                 pattern = os.path.join(kwargs["storage_path"], kwargs["name"], "checkpoint_*")
 
                 def watch():
