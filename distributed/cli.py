@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -136,6 +137,7 @@ def at_least(flag: str, value: float | None, minimum: float, what: str = "") -> 
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 class Stop:
@@ -166,11 +168,21 @@ def stop_on_signals() -> Iterator[Stop]:
         yield stop  # Python delivers signals to the main thread only
         return
     saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    # Tune's fit would otherwise put its own SIGINT handler in place of ours: one that ends the
+    # experiment "gracefully" and returns as if it had finished (a search one trial short)
+    tune_env = os.environ.get(TUNE_SIGINT_ENV)
+    os.environ[TUNE_SIGINT_ENV] = "1"
+
+    def again(signum, frame) -> None:
+        end_descendants()  # a local Ray's processes would outlive an os._exit
+        name = signal.Signals(signum).name
+        os.write(2, f"interrupted again ({name}): ended at once; finished work is kept\n".encode())
+        os._exit(128 + signum)
 
     def first(signum, frame) -> None:
         stop.signum = signum
         for s in STOP_SIGNALS:
-            signal.signal(s, lambda n, f: os._exit(128 + n))
+            signal.signal(s, again)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     for s in STOP_SIGNALS:
@@ -180,6 +192,53 @@ def stop_on_signals() -> Iterator[Stop]:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+        if tune_env is None:
+            os.environ.pop(TUNE_SIGINT_ENV, None)
+        else:
+            os.environ[TUNE_SIGINT_ENV] = tune_env
+
+
+def run_stoppable(main: Callable[[], int], stopped: Callable[[], str]) -> int:
+    """:func:`run` inside :func:`stop_on_signals`: on SIGINT or SIGTERM this process's Ray
+    connection (and a local instance with its workers) is shut down, ``interrupted (SIGINT):``
+    and ``stopped()`` (what was kept, and the command that continues) go to stderr as one line,
+    and the exit code is 130 or 143. Nothing after the interrupt is written."""
+    with stop_on_signals() as stop:
+        try:
+            return run(main)
+        except KeyboardInterrupt:
+            pass  # leaving the handler drops the interrupted frames
+        # ... and collecting closes the generators they held while Ray is still up (a Ray Data
+        # iterator reports to Ray as it closes: after the shutdown that is a traceback)
+        gc.collect()
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        print(f"interrupted ({stop.name}): {stopped()}", file=sys.stderr, flush=True)
+        return stop.exit_code
+
+
+def end_descendants() -> int:
+    """SIGKILL every process this one started, and theirs (Linux's ``/proc``; elsewhere none is
+    found): what a second Ctrl-C leaves no time to shut down gracefully. Returns how many."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:  # "pid (comm) state ppid ..."
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    for pid in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(found)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from distributed.cli import signal_handlers_kept
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("emovis")
@@ -49,6 +51,12 @@ def init_ray(
 
     if ray.is_initialized():
         return ray
+    with signal_handlers_kept():  # ray.init makes SIGTERM a bare sys.exit
+        _init(ray, address, num_cpus, quiet, log_to_driver)
+    return ray
+
+
+def _init(ray, address: str | None, num_cpus: float | None, quiet: bool, log_to_driver: bool):
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"logging_level": logging.WARNING} if quiet else {}
     kwargs["log_to_driver"] = log_to_driver
@@ -79,7 +87,6 @@ def init_ray(
             ray.init(address="local", num_cpus=num_cpus, dashboard_port=port, **kwargs, **code)
         finally:
             auth.setLevel(level)
-    return ray
 
 
 def _free_port() -> int:

@@ -237,8 +237,7 @@ def preprocess(args: PreprocessArgs) -> int:
             # The tasks' own output (MediaPipe's and the decoders' native warnings, several
             # lines a video) stays in Ray's worker logs; our progress line and summary are the
             # console. A failing shard still reaches it, through the task's exception.
-            with cli.signal_handlers_kept():  # ray.init makes SIGTERM a bare sys.exit
-                init_ray(args.address, args.num_cpus, log_to_driver=False)
+            init_ray(args.address, args.num_cpus, log_to_driver=False)
             bar = Bar("preprocessing", sum(len(plan[t["shard"]]) for t in todo))
             for row in tasks:
                 bar.update(int(row["written"]) + int(row["failed"]))
@@ -400,14 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
-    with cli.stop_on_signals() as stop:
-        try:
-            return cli.run(lambda: preprocess(args))
-        except KeyboardInterrupt:
-            again = f"python -m distributed.preprocess {shlex.join(argv)}"
-            print(f"interrupted ({stop.name}): {finished_shards(args.out)}; the same command "
-                  f"resumes shard by shard, continue with: {again}", file=sys.stderr)  # fmt: skip
-            return stop.exit_code
+    again = f"python -m distributed.preprocess {shlex.join(argv)}"
+    return cli.run_stoppable(
+        lambda: preprocess(args),
+        lambda: (
+            f"{finished_shards(args.out)}; the same command resumes shard by shard, "
+            f"continue with: {again}"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -98,10 +98,10 @@ class Resume:
 
     def history(self) -> list[dict]:
         """Every epoch's metrics up to this checkpoint."""
-        return _history(self.filesystem, self.path)
+        return history_of(self.filesystem, self.path)
 
 
-def _history(fs, path: str) -> list[dict]:
+def history_of(fs, path: str) -> list[dict]:
     from distributed.loop import HISTORY_FILE
 
     with fs.open_input_file(posixpath.join(path, HISTORY_FILE)) as f:
@@ -165,7 +165,7 @@ def claim(run_dir: str, ident: dict, host: str, shards: str) -> Resume | None:
             f"{run_dir} was trained with other inputs: {'; '.join(diffs)}; pass a new --name"
         )
     fs, path = newest
-    last = _history(fs, path)[-1]
+    last = history_of(fs, path)[-1]
     fold, epoch = int(last["fold_index"]), int(last["epoch"])
     finished = fold == len(ident["folds"]) - 1 and epoch == ident["config"]["epochs"] - 1
     return Resume(path, fs, fold, epoch, finished, _fold_text(ident["folds"][fold]))

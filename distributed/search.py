@@ -29,6 +29,7 @@ from distributed.ledger import (
     LedgerCallback,
     TrialSeededSampler,
     asha_state,
+    ledger_path,
     ledger_rows,
     pending_points,
     rebuild_study,
@@ -309,6 +310,29 @@ def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int, attempt: int = 0)
     summary.update(outer=outer, model=model_file, epochs=cfg.epochs, ids=ids)
     storage.atomic_write_bytes(done_path, json.dumps(summary).encode())
     return summary
+
+
+def progress(root: str, outers: list[int], samples: int) -> str:
+    """What an interrupted search kept, from its ledgers and final.json files: ``outer fold 0
+    done; outer fold 1: 2 of 3 trials finished; outer fold 2 not started``."""
+    parts = []
+    for outer in outers:
+        if storage.exists(storage.join(root, f"outer{outer}", "final.json")):
+            parts.append(f"outer fold {outer} done")
+            continue
+        path = ledger_path(root, outer)
+        if not storage.exists(path):
+            parts.append(f"outer fold {outer} not started")
+            continue
+        try:
+            trials = json.loads(storage.read_bytes(path))["trials"]
+        except (ValueError, KeyError, OSError):
+            parts.append(f"outer fold {outer}: {path} unreadable")
+            continue
+        n = sum(1 for t in trials if t.get("end"))
+        retrain = "; its retrain not finished" if n >= samples else ""
+        parts.append(f"outer fold {outer}: {n} of {samples} trials finished{retrain}")
+    return "; ".join(parts)
 
 
 def run_search(plan: SearchPlan) -> str:

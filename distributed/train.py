@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -80,8 +81,9 @@ def config_from(args: TrainArgs) -> TrainConfig:
     return default_config(args.branch, args.config or "config", **overrides)
 
 
-def train(args: TrainArgs):
-    """Train one fold as the command line says; returns (Fit, model file path, config)."""
+def train(args: TrainArgs, started: dict | None = None):
+    """Train one fold as the command line says; returns (Fit, model file path, config).
+    ``started`` (when given) receives the run's folder once it is claimed."""
     from distributed.common import init_ray, node_gpus
     from distributed.run_file import claim, fold_identity, identity
     from distributed.trainer import (
@@ -122,6 +124,8 @@ def train(args: TrainArgs):
     host = host_of(Resources(0 if local else args.workers))
     ident = identity(cfg, [fold_identity(spec)], manifest)
     resume = claim(run_dir, ident, host, args.shards)  # before Ray starts
+    if started is not None:
+        started["run_dir"] = run_dir
     if resume is not None and resume.finished:
         import pandas as pd
 
@@ -206,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = TrainArgs(**vars(build_parser().parse_args(argv)))
+    started: dict = {}
 
     def body() -> int:
-        fit, model_file, cfg = train(args)
+        fit, model_file, cfg = train(args, started)
         cols = [c for c in EPOCH_COLUMNS if c in fit.history]
         print(fit.history[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         last = fit.metrics
@@ -223,7 +229,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {model_file}")
         return 0
 
-    return cli.run(body)
+    def stopped() -> str:
+        from distributed.run_file import history_of, newest_checkpoint
+
+        again = shlex.join(["python", "-m", "distributed.train", *argv])
+        newest = newest_checkpoint(started["run_dir"]) if started else None
+        if newest is None:
+            return f"no checkpoint was written; run the same command again: {again}"
+        last = history_of(*newest)[-1]
+        return (
+            f"kept the checkpoint of epoch {int(last['epoch'])} (fold {int(last['fold_index'])})"
+            f": {newest[1]}; no model written; the same command resumes from it: {again}"
+        )
+
+    return cli.run_stoppable(body, stopped)
 
 
 if __name__ == "__main__":

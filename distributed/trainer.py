@@ -152,6 +152,16 @@ def outer_fold_spec(protocol: Protocol, key: str, fold: int, inner: int | None) 
     return FoldSpec(split.train, split.val, TrainedOn(fold, inner, key))
 
 
+def ray_data_console_quiet() -> None:
+    """Ray Data's own lines ("Progress bars disabled", "Dataset ... execution finished") stay
+    in its session log file (``ray-data.log``) and off this process's console."""
+    import logging
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.ERROR)
+
+
 def prepare_datasets(
     root: str,
     specs: Sequence[FoldSpec],
@@ -180,6 +190,7 @@ def prepare_datasets(
                 raise ValueError(f"held-out rows {sorted(leaked)[:5]} are in a training split")
     ctx = DataContext.get_current()  # captured by the datasets below, also on the workers
     ctx.enable_progress_bars = False
+    ray_data_console_quiet()
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
     columns = list(get_branch(manifest.kind).columns)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -68,8 +69,10 @@ class TuneArgs:
     num_cpus: float | None = None
 
 
-def tune(args: TuneArgs) -> str:
-    """Plan and run the search the command line asks for; returns report.md's text."""
+def tune(args: TuneArgs, started: dict | None = None) -> str:
+    """Plan and run the search the command line asks for; returns report.md's text.
+    ``started`` (when given) receives the run's root, outer folds and samples once the run is
+    recorded (what an interrupt's line reports and ``--resume`` continues)."""
     from distributed.search_space import load_space, with_first_point
 
     branch = get_branch(args.branch)
@@ -110,12 +113,14 @@ def tune(args: TuneArgs) -> str:
             con.emit(f"log: {con.log_path}{note} (Ray, Tune, workers; --verbose shows them here)")
         lock = search_run.acquire(root)  # one driver per run; released on errors too
         try:
-            return _tune(args, branch, base, space, preset, name, root)
+            return _tune(args, branch, base, space, preset, name, root, started)
         finally:
             search_run.release(lock)
 
 
-def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> str:
+def _tune(
+    args: TuneArgs, branch, base, space, preset, name: str, root: str, started: dict | None
+) -> str:
     from distributed.common import cluster_cpus, cluster_gpus, init_ray, node_gpus
     from distributed.search import SearchPlan, plan_concurrency, run_search
     from distributed.trainer import Resources, trial_placement
@@ -143,6 +148,8 @@ def _tune(args: TuneArgs, branch, base, space, preset, name: str, root: str) -> 
         ),
         args.resume,
     )  # fmt: skip
+    if started is not None:
+        started.update(root=root, outers=outers, samples=samples)
 
     init_ray(args.address, args.num_cpus)
     cpus_per_worker = args.cpus_per_worker
@@ -291,15 +298,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = TuneArgs(**vars(build_parser().parse_args(argv)))
+    started: dict = {}
 
     def body() -> int:
-        text = tune(args)
+        text = tune(args, started)
         if args.verbose:
             print(text)
         return 0
 
-    return cli.run(body)
+    def stopped() -> str:
+        from distributed.search import progress
+
+        if not started:
+            return "nothing was started; run the same command again"
+        again = shlex.join(["python", "-m", "distributed.tune", *argv] + (
+            [] if args.resume else ["--resume"]
+        ))  # fmt: skip
+        kept = progress(started["root"], started["outers"], started["samples"])
+        return f"{kept}; no report written; continue with: {again}"
+
+    return cli.run_stoppable(body, stopped)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from distributed import folds as folds_cli
 from distributed import preprocess
 from distributed.shard_tasks import SUMMARY_SUFFIX
 from tests.lines import one_line_error
+from tests.procs import alive, descendants
 
 pytestmark = pytest.mark.timeout(150)
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,39 +258,6 @@ def test_official_folds_hint_names_the_official_protocol(tmp_path, ray_session, 
 # --- 1: Ctrl-C stops the job in one line and the same command resumes ---------------------------
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """{pid: start time} of every process below ``pid`` (Ray's workers rename themselves, so
-    they are found by parentage, not by name)."""
-    children: dict[int, list[int]] = {}
-    started: dict[int, str] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(proc.name))
-            started[int(proc.name)] = fields[19]
-    found, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found[child] = started[child]
-            todo.append(child)
-    return found
-
-
-def _alive(processes: dict[int, str]) -> list[int]:
-    alive = []
-    for pid, start in processes.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[19] == start and fields[0] != "Z":
-            alive.append(pid)
-    return alive
-
-
 STUCK_POSE = np.random.default_rng(1).uniform(100, 400, (25, 2))
 
 
@@ -337,7 +305,7 @@ def test_sigint_stops_preprocess_in_one_line_and_the_same_command_resumes(
         while len(list(out.glob(f"*{SUMMARY_SUFFIX}"))) < 24:  # all but the stuck one
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)
-        ray_processes = _descendants(proc.pid)  # the job's own Ray and its workers
+        ray_processes = descendants(proc.pid)  # the job's own Ray and its workers
         assert len(ray_processes) >= 3, ray_processes
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -353,7 +321,7 @@ def test_sigint_stops_preprocess_in_one_line_and_the_same_command_resumes(
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT): "), stderr
     assert "24 of 25 shards" in lines[0] and stopped_in < 20, (lines, stopped_in)
     time.sleep(1)
-    assert _alive(ray_processes) == []
+    assert alive(ray_processes) == []
     shutil.rmtree(ray_tmp, ignore_errors=True)
     # the line names the command that continues, and it resumes shard by shard
     cmd = shlex.split(lines[0].split("continue with: ", 1)[1])
