@@ -159,7 +159,9 @@ def video_fps(path: str) -> float | None:
         return None
     import cv2
 
-    cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
+    from datasets.video import open_capture
+
+    cap = open_capture(p)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
     finally:

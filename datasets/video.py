@@ -124,8 +124,16 @@ def _avi_is_short(path: Path) -> bool:
     return int.from_bytes(head[4:8], "little") + 8 > path.stat().st_size
 
 
+def open_capture(path: Path | str) -> cv2.VideoCapture:
+    """OpenCV's FFmpeg reader on ``path``, with OpenCV's own warnings off: a container it cannot
+    open would print "backend is generally available but can't be used to capture by name" on
+    the console (and from every Ray worker) beside the one line per file this code writes."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+
+
 def _decode_video(path: Path, max_frames: int | None) -> DecodedFrames:
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    cap = open_capture(path)
     try:
         if not cap.isOpened():
             kind = sniff_container(path)

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -196,6 +197,14 @@ def stop_on_signals() -> Iterator[Stop]:
             os.environ.pop(TUNE_SIGINT_ENV, None)
         else:
             os.environ[TUNE_SIGINT_ENV] = tune_env
+
+
+def start_over(module: str, argv: list[str] | None) -> Callable[[], str]:
+    """The interrupt line of a command that keeps nothing partial and starts over when run
+    again (evaluate, predict, export, fusion)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    again = shlex.join(["python", "-m", module, *args])
+    return lambda: f"nothing written; the same command starts over: {again}"
 
 
 def run_stoppable(main: Callable[[], int], stopped: Callable[[], str]) -> int:

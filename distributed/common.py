@@ -89,6 +89,16 @@ def _init(ray, address: str | None, num_cpus: float | None, quiet: bool, log_to_
             auth.setLevel(level)
 
 
+def ray_data_console_quiet() -> None:
+    """Ray Data's own lines ("Progress bars disabled", "Dataset ... execution finished") stay
+    in its session log file (``ray-data.log``) and off this process's console."""
+    import ray.data  # noqa: F401  (its import configures the handlers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.ERROR)
+
+
 def _free_port() -> int:
     import socket
 

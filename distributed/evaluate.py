@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:12s} precision {p_:.3f}  recall {r_:.3f}")
         return 0
 
-    return cli.run(body)
+    return cli.run_stoppable(body, cli.start_over("distributed.evaluate", argv))
 
 
 if __name__ == "__main__":

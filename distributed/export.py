@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         return 0
 
-    return cli.run(body)
+    return cli.run_stoppable(body, cli.start_over("distributed.export", argv))
 
 
 if __name__ == "__main__":

@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        return cli.run(body)
+        return cli.run_stoppable(body, cli.start_over("distributed.fusion", argv))
     except ValueError as err:  # mismatched shard folders or runs: the message says which
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n_ok} of {len(results)} items predicted", file=sys.stderr)
         return 0 if n_ok else 1
 
-    return cli.run(body)
+    return cli.run_stoppable(body, cli.start_over("distributed.predict", argv))
 
 
 if __name__ == "__main__":

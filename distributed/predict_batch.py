@@ -134,10 +134,11 @@ def predict_ray(
 
     ``device`` is where the actors run the model (a CUDA device asks Ray for GPUs, see
     :func:`actor_resources`); this process reads the checkpoint on the CPU only."""
-    from distributed.common import init_ray
+    from distributed.common import init_ray, ray_data_console_quiet
 
     resources = actor_resources(device, gpus_per_actor)
     ray = init_ray(address)
+    ray_data_console_quiet()
     mf = load_model(checkpoint, "cpu")
     ref = ray.put(checkpoint)
     rows = [{"order": i, "id": item_id, "path": path} for i, (item_id, path) in enumerate(items)]

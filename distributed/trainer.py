@@ -23,7 +23,7 @@ from datasets import storage
 from datasets.manifest import Manifest, read_manifest
 from datasets.protocols import Protocol
 from distributed.checkpoint import TrainedOn
-from distributed.common import cluster_cpus, git_commit
+from distributed.common import cluster_cpus, git_commit, ray_data_console_quiet
 from distributed.config import TrainConfig
 from distributed.loop import (
     CHECKPOINT_EVERY,
@@ -152,16 +152,6 @@ def outer_fold_spec(protocol: Protocol, key: str, fold: int, inner: int | None) 
     return FoldSpec(split.train, split.val, TrainedOn(fold, inner, key))
 
 
-def ray_data_console_quiet() -> None:
-    """Ray Data's own lines ("Progress bars disabled", "Dataset ... execution finished") stay
-    in its session log file (``ray-data.log``) and off this process's console."""
-    import logging
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":
-            handler.setLevel(logging.ERROR)
-
-
 def prepare_datasets(
     root: str,
     specs: Sequence[FoldSpec],
@@ -190,7 +180,7 @@ def prepare_datasets(
                 raise ValueError(f"held-out rows {sorted(leaked)[:5]} are in a training split")
     ctx = DataContext.get_current()  # captured by the datasets below, also on the workers
     ctx.enable_progress_bars = False
-    ray_data_console_quiet()
+    ray_data_console_quiet()  # (its lines go to ray-data.log)
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True  # same seed, same batches (also when materialised)
     columns = list(get_branch(manifest.kind).columns)

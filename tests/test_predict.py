@@ -371,3 +371,33 @@ def test_cuda_prediction_loads_nothing_on_the_driver_gpu(facial_ckpt, monkeypatc
     if not torch.cuda.is_available():
         assert predict.main(args) == 2
         assert "--device cuda: not usable on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_a_truncated_mp4_gives_one_line_and_no_library_noise(
+    facial_ckpt, mixed_folder, tmp_path, ray_session, capfd
+):
+    """Half of an MP4 (its index, the moov atom, is written last): one line naming the file,
+    and none of OpenCV's, FFmpeg's or Ray Data's own lines, in both modes (finding 10)."""
+    import cv2
+
+    whole, half = tmp_path / "whole.mp4", tmp_path / "half.mp4"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    for i in range(10):
+        writer.write(np.full((64, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    data = whole.read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    args = [str(half), str(mixed_folder / "good0.avi"), "--checkpoint", facial_ckpt]
+    for extra in ([], ["--batch"]):
+        capfd.readouterr()
+        assert predict.main([*args, *extra]) == 0
+        out, err = capfd.readouterr()
+        lines = [x for x in (out + err).splitlines() if x.strip()]
+        assert lines[-1] == "1 of 2 items predicted", lines
+        assert f"error: {half}: mp4 container cannot be opened (truncated or corrupt)" in lines
+        noise = ("WARN", "cap.cpp", "moov", "logging_progress", "streaming_executor", "Dataset")
+        assert not [x for x in lines if any(n in x for n in noise)], lines
+        # the error, the prediction, the summary (and in batch mode Ray's C++ note that its
+        # actors' constructor argument, the checkpoint, is in the object store: README, limits)
+        assert len([x for x in lines if "core_worker.cc" not in x]) == 3, lines
