@@ -29,6 +29,7 @@ from datasets import storage
 from distributed.cli import UsageError
 
 LEDGER_SCHEMA = 1
+TRIAL_ERROR = "trial_error"  # a trial's last result when its configuration failed (not retried)
 RESULT_KEYS = ("training_iteration", "fold_index", "epoch", "folds_done", "cv_metric", "best_epoch")
 
 
@@ -103,6 +104,10 @@ class Ledger:
         return entry
 
     def record_result(self, entry: dict, result: dict, n_inner: int) -> None:
+        if result.get(TRIAL_ERROR):  # the trial ended with its own error (search.trial_driver)
+            entry["end"] = self._end(entry, n_inner, str(result[TRIAL_ERROR]))
+            self.save()
+            return
         self.seq += 1
         entry["results"].append(
             {"seq": self.seq, **{k: _plain(result[k]) for k in RESULT_KEYS if k in result}}
@@ -171,6 +176,11 @@ class LedgerCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.ledger.record_end(self._entry(trials, trial), self.n_inner, error=trial_error(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        entry = self._entry(trials, trial)
+        entry["restarts"] = entry.get("restarts", 0) + 1  # its process or node was lost
+        self.ledger.save()
 
     def number(self, trial_id: str) -> int | None:
         """The ledger's number of a trial of this Tuner (kept across resumes), once started."""

@@ -10,6 +10,7 @@ scored on the outer test fold, which the search never reads.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from distributed.checkpoint import TrainedOn
 from distributed.cli import JobFailed, UsageError
 from distributed.config import TrainConfig
 from distributed.ledger import (
+    TRIAL_ERROR,
     Ledger,
     LedgerCallback,
     TrialSeededSampler,
@@ -46,6 +48,7 @@ from distributed.trainer import (
 )
 
 METRIC = "cv_metric"
+TRIAL_RETRIES = 2  # a trial whose process or node died starts again from its last checkpoint
 DRIVER_CPU = 0.01  # a trial's own driver only waits on its TorchTrainer
 
 
@@ -139,19 +142,27 @@ def trial_driver(
     trial's process for one-worker trials, else one TorchTrainer fit).
 
     ``data`` holds the inner folds' datasets, read once by the driver for all trials."""
+    import traceback
+
     from ray import tune
 
-    cfg = TrainConfig.from_dict(base).override(where="trial", **config)
     trial_id = tune.get_context().get_trial_id()
-    fit_folds(
-        cfg,
-        data,
-        resources=resources,
-        storage_path=train_storage,
-        name=f"outer{outer}-{trial_id}",
-        write_model=False,
-        tune_report=True,
-    )
+    try:
+        fit_folds(
+            TrainConfig.from_dict(base).override(where="trial", **config),
+            data,
+            resources=resources,
+            storage_path=train_storage,
+            name=f"outer{outer}-{trial_id}",
+            write_model=False,
+            tune_report=True,
+        )
+    except Exception as err:  # noqa: BLE001 -- the configuration's own failure: not retried
+        # Tune retries a trial that raises (TRIAL_RETRIES); that is for a process or node that
+        # died, not for an error this configuration would raise again. It ends the trial as a
+        # last result instead (its traceback in this worker's log): see Ledger.record_result.
+        traceback.print_exc()
+        tune.report({METRIC: math.nan, TRIAL_ERROR: f"{type(err).__name__}: {err}"})
 
 
 def optuna_storage(root: str, outer: int) -> dict:
@@ -248,6 +259,7 @@ def search_outer_fold(plan: SearchPlan, outer: int) -> Ledger:
             verbose=plan.verbose,
             # in-process trials report their checkpoints to Tune: the newest two are kept
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
             callbacks=[ledger_events, *search_events.callbacks(plan, outer, ledger_events.number)],
         ),
     )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from ray.tune import Callback
 
 from distributed import console
+from distributed.ledger import TRIAL_ERROR, trial_error
 
 FINAL_UNITS = 2.0  # a retrain on a whole outer training fold ~ two inner-fold fits
 
@@ -110,6 +111,13 @@ class TrialEvents(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
+        if last.get(TRIAL_ERROR):
+            _progress.done += max(self.n_inner - self._folds.get(trial.trial_id, 0), 0)
+            console.emit(
+                f"{self._name(trials, trial)} FAILED: {last[TRIAL_ERROR]} (traceback in the log) "
+                f"[{_progress.line()}]"
+            )
+            return
         folds = int(last.get("folds_done", 0))
         _progress.done += max(self.n_inner - folds, 0)  # folds ASHA spared us
         mean = last.get("cv_metric", math.nan)
@@ -127,6 +135,14 @@ class TrialEvents(Callback):
         _progress.done += max(self.n_inner - int(last.get("folds_done", 0)), 0)
         where = f"; see {trial.error_file}" if getattr(trial, "error_file", None) else ""
         console.emit(f"{self._name(trials, trial)} FAILED{where}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        failures = trial.run_metadata.num_failures
+        why = trial_error(trial).split(". ")[0][:120]  # Ray's first sentence; the rest: the log
+        console.emit(
+            f"{self._name(trials, trial)} lost its process ({why}); restarting "
+            f"it from its last checkpoint (retry {failures} of {trial.max_failures})"
+        )
 
 
 def trials_failed(pos: str, n: int, reason: str) -> None:

@@ -451,6 +451,47 @@ def test_ddp_across_two_simulated_nodes(gesture_shards):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.slow  # (the default run covers the same retry: test_hostile_tune, a killed trial)
+@pytest.mark.timeout(600)
+def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_on_the_other_node(gesture_shards):
+    """Finding 11 of issue 26: the node running a one-worker trial is removed after the trial's
+    first checkpoint; the trial restarts on the remaining node from that checkpoint (no epoch
+    trained twice from scratch) and the search ends with it complete."""
+    tmp = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))
+    out = tmp / "out.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=str(tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    script = [PY, str(SCRIPTS / "lose_node.py"), gesture_shards, str(tmp / "runs"), str(out)]
+    proc = subprocess.Popen(
+        script, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        log, _ = proc.communicate(timeout=560)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        kill_mentioning(str(tmp))
+    try:
+        assert proc.returncode == 0, log[-4000:]
+        seen = json.loads(out.read_text())
+        console = seen["console"]
+        assert seen["code"] == 0, console[-3000:]
+        assert seen["removed"] in seen["nodes"], seen  # the trial's node was removed ...
+        others = set(seen["nodes"]) - {seen["removed"]}
+        assert set(seen["trial_nodes"]) == others, seen  # ... and it ran again on the other
+        assert "trial 1/1 lost its process" in console and "(retry 1 of 2)" in console, console
+        (trial,) = json.loads((tmp / "runs" / "x" / "ledger-outer0.json").read_text())["trials"]
+        assert trial["end"]["state"] == "complete" and trial["restarts"] == 1, trial
+        steps = [(r["fold_index"], r["epoch"]) for r in trial["results"]]
+        assert steps.count((0, 0)) == 1 and steps[-1] == (1, 11), steps
+        assert (tmp / "runs" / "x" / "results" / "report.md").exists()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # --- storage URIs ------------------------------------------------------------------------------
 
 

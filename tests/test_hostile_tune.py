@@ -152,3 +152,46 @@ def test_a_finished_search_resumed_on_other_shards_is_refused(
     assert tune.main(_argv(other_shards, tmp_path, "--resume")) == 2
     one_line_error(capfd.readouterr().err, "shards:", other_shards)
     assert (tmp_path / "x" / "results" / "report.md").read_text() == report
+
+
+@pytest.mark.timeout(400)
+def test_a_killed_trial_process_is_restarted_from_its_checkpoint(
+    gesture_shards, tmp_path, ray_session, capfd
+):
+    """Finding 11: the process of a one-worker trial (in-process) is SIGKILLed mid-fit, after
+    its first checkpoint: Tune restarts it from that checkpoint and the search finishes with the
+    trial complete, not failed, and not trained again from its first epoch."""
+    import signal
+    import threading
+
+    from ray.util.state import list_actors
+
+    killed: list[int] = []
+
+    def kill_the_trial_after_its_first_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if list((tmp_path / "x").glob("outer0/*/checkpoint_*")):
+                for actor in list_actors(
+                    filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
+                ):
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed.append(actor.pid)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_the_trial_after_its_first_checkpoint, daemon=True)
+    watcher.start()
+    argv = _argv(gesture_shards, tmp_path)
+    argv[argv.index("--epochs") + 1] = "6"
+    capfd.readouterr()
+    code = tune.main(argv)
+    watcher.join(timeout=5)
+    out = capfd.readouterr().out
+    assert code == 0 and len(killed) == 1, (code, killed, out[-3000:])
+    assert "trial 1/1 lost its process" in out and "from its last checkpoint (retry 1 of 2)" in out
+    (trial,) = json.loads((tmp_path / "x" / "ledger-outer0.json").read_text())["trials"]
+    assert trial["end"]["state"] == "complete" and trial["restarts"] == 1, trial
+    steps = [(r["fold_index"], r["epoch"]) for r in trial["results"] if "epoch" in r]
+    assert steps.count((0, 0)) == 1, steps  # resumed from the checkpoint, not from scratch
+    assert steps[-1] == (1, 5), steps  # and trained to the end of the last inner fold
+    assert (tmp_path / "x" / "results" / "report.md").exists()
