@@ -214,6 +214,7 @@ def run_fusion(
         "gesture": gesture_cfg.to_dict(),
     }
     pooled = {"y": [], "face": [], "body": [], "fused": []}
+    items = []  # (outer, ids, y, {branch: probabilities}) per outer test fold
     for outer in sorted({s["outer"] for s in plan}):
         inner_idx = [
             n for n, s in enumerate(plan) if s["outer"] == outer and s["inner"] is not None
@@ -243,6 +244,7 @@ def run_fusion(
         for key, p in (("face", pf), ("body", pb), ("fused", fused)):
             pooled[key].append(p)
         pooled["y"].append(y)
+        items.append((outer, ids, y, {"face": pf, "body": pb, "fused": fused}))
     y_all = np.concatenate(pooled["y"])
     report["summary"] = {}
     for key in ("face", "body", "fused"):
@@ -252,7 +254,37 @@ def run_fusion(
             **{f"{m}_mean": float(np.mean([s[m] for s in per_fold])) for m in ("war", "uar")},
             **{f"{m}_std": float(np.std([s[m] for s in per_fold])) for m in ("war", "uar")},
         }
+    report["intervals"] = fusion_intervals(items, classes)
+    report["predictions"] = [
+        {"outer": o, "id": i, "true": classes[int(t)],
+         **{f"{key}_predicted": classes[int(np.argmax(p[n]))] for key, p in probs.items()},
+         **{f"{key}_p_{c}": round(float(p[n][j]), 6) for key, p in probs.items()
+            for j, c in enumerate(classes)}}
+        for o, ids, y, probs in items for n, (i, t) in enumerate(zip(ids, y))
+    ]  # fmt: skip
     return report
+
+
+def fusion_intervals(items: list, classes: list[str]) -> dict:
+    """95% bootstrap intervals (test items resampled within each outer fold, the same draw for
+    every branch) of each branch's mean WAR and UAR, and of fused minus the better branch."""
+    from distributed.comparison import Fold, Run, bootstrap, interval
+
+    runs = [
+        Run(key, "", classes, {o: Fold(np.asarray(ids), np.asarray(y), probs[key].argmax(1))
+                               for o, ids, y, probs in items})
+        for key in ("face", "body", "fused")
+    ]  # fmt: skip
+    outers = [o for o, *_ in items]
+    boot = bootstrap(runs, outers)
+    out = {r.name: {m: interval(boot[i, :, j]) for j, m in enumerate(("war", "uar"))}
+           for i, r in enumerate(runs)}  # fmt: skip
+    best = max((0, 1), key=lambda i: boot[i, :, 1].mean())
+    out["fused_minus_best"] = {
+        "branch": runs[best].name,
+        **{m: interval(boot[2, :, j] - boot[best, :, j]) for j, m in enumerate(("war", "uar"))},
+    }
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                 facial_run=args.facial_run,
                 gesture_run=args.gesture_run,
             )
+        from distributed.report import _csv
+
+        rows = report.pop("predictions")
+        storage.atomic_write_bytes(storage.join(out, "predictions.csv"), _csv(rows))
         storage.atomic_write_bytes(
             storage.join(out, "fusion.json"), json.dumps(report, indent=2).encode()
         )

@@ -57,19 +57,37 @@ def pair(ids_a, y_a, p_a, ids_b, y_b, p_b):
 
 
 def markdown(report: dict) -> str:
+    cis = report.get("intervals") or {}
     lines = [
         f"# Face + body late fusion ({report['rule']} rule)",
         "",
-        "| branch | WAR mean ± std | UAR mean ± std | pooled WAR | pooled UAR |",
-        "|---|---|---|---|---|",
+        "| branch | WAR mean ± std | UAR mean ± std | pooled WAR | pooled UAR | 95% CI WAR "
+        "| 95% CI UAR |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, label in (("face", "face only"), ("body", "body only"), ("fused", "fused")):
         s = report["summary"][key]
+        ci = cis.get(key)
+        band = (
+            f"{ci['war'][0]:.3f}–{ci['war'][1]:.3f} | {ci['uar'][0]:.3f}–{ci['uar'][1]:.3f}"
+            if ci
+            else "– | –"
+        )
         lines.append(
             f"| {label} | {s['war_mean']:.3f} ± {s['war_std']:.3f} | "
             f"{s['uar_mean']:.3f} ± {s['uar_std']:.3f} | {s['pooled']['war']:.3f} | "
-            f"{s['pooled']['uar']:.3f} |"
+            f"{s['pooled']['uar']:.3f} | {band} |"
         )
+    gain = cis.get("fused_minus_best")
+    if gain:
+        lo, hi = gain["uar"]
+        verdict = "excludes" if lo > 0 or hi < 0 else "includes"
+        lines += [
+            "",
+            f"Fused minus the better branch ({gain['branch']}): UAR {lo:+.3f} to {hi:+.3f}, WAR "
+            f"{gain['war'][0]:+.3f} to {gain['war'][1]:+.3f} (95% bootstrap intervals, test items "
+            f"resampled within each outer fold, paired); the UAR interval {verdict} 0.",
+        ]
     lines += [
         "",
         "| outer fold | w (chosen on inner val) | face UAR | body UAR | fused UAR | n |",

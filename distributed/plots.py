@@ -294,3 +294,30 @@ def timeline_png(result: dict, class_names: list[str]) -> bytes:
     bx.set_title(f"prediction: {result['label']}", fontsize=9)
     fig.tight_layout()
     return _png(fig)
+
+
+# --- comparison of runs --------------------------------------------------------------------------
+
+
+def comparison_png(names: list[str], outers: list[int], uars: dict, cis: dict) -> bytes:
+    """Each run's UAR on every outer fold (a line per fold joins the runs: the pairing) and its
+    mean with the 95% bootstrap interval."""
+    fig = _figure(max(4.0, 1.3 * len(names) + 2.0), 3.6)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    for k in range(len(outers)):
+        ax.plot(x, [uars[n][k] for n in names], "o-", color="0.7", lw=1, ms=4,
+                label="outer folds" if k == 0 else None)  # fmt: skip
+    means = np.array([np.mean(uars[n]) for n in names])
+    lo = means - np.array([cis[n]["uar"][0] for n in names])
+    hi = np.array([cis[n]["uar"][1] for n in names]) - means
+    ax.errorbar(x, means, yerr=[lo, hi], fmt="D", color="C0", capsize=5, ms=7,
+                label="mean, 95% bootstrap interval")  # fmt: skip
+    ax.set_xticks(x, names)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("UAR on the outer test fold")
+    ax.set_title(f"{len(outers)} outer folds, the same test items for every run", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)

@@ -41,6 +41,37 @@ def write_trials(root: str, rows: list[dict]) -> str:
     return path
 
 
+PREDICTIONS = "predictions.csv"
+
+
+def prediction_rows(finals: list[dict], classes: list[str], subjects: dict[str, str]) -> list:
+    """One row per outer-test item of every outer fold: outer, id, subject, true and predicted
+    class, each class's probability (``p_<class>``), the predicting head and the config hash."""
+    rows = []
+    for f in finals:
+        for item, y, p in zip(f["ids"], f["y"], f["probs"]):
+            row = {"outer": f["outer"], "id": item, "subject": subjects.get(item, ""),
+                   "true": classes[int(y)], "predicted": classes[int(np.argmax(p))]}  # fmt: skip
+            row.update({f"p_{c}": round(float(v), 6) for c, v in zip(classes, p)})
+            row.update(head=f.get("head", ""), config_hash=f.get("config_hash", ""))
+            rows.append(row)
+    return rows
+
+
+def fold_intervals(finals: list[dict], classes: list[str]) -> dict | None:
+    """The 95% bootstrap interval of the mean-over-folds WAR and UAR (items resampled within
+    each outer fold: ``distributed.comparison``); None without per-item predictions."""
+    from distributed.comparison import Fold, Run, run_intervals
+
+    if not finals or any("probs" not in f for f in finals):
+        return None
+    folds = {
+        f["outer"]: Fold(np.array(f["ids"]), np.array(f["y"]), np.argmax(f["probs"], axis=1))
+        for f in finals
+    }
+    return run_intervals(Run("run", "", classes, folds), sorted(folds))
+
+
 def _precision(precision: str, gpus: float) -> str:
     if gpus:
         return precision + (
@@ -106,6 +137,13 @@ def write_results(
     title = f"outer test folds pooled: WAR {war(cm):.3f} UAR {uar(cm):.3f}"
     write(storage.join(out, "confusion.png"), confusion_png(cm, classes, title))
     write(storage.join(out, "confusion.csv"), confusion_csv(cm, classes))
+    cis = fold_intervals(finals, classes)
+    if cis is not None:
+        from datasets.shards import read_table
+
+        index = read_table(shards, ["id", "subject"]).to_pydict()
+        subjects = dict(zip(index["id"], index["subject"]))
+        write(storage.join(out, PREDICTIONS), _csv(prediction_rows(finals, classes, subjects)))
     stopped = sum(not r["complete"] for r in rows)
     n_inner = len(protocol.fold(finals[0]["outer"]).inner) if finals else 0
     lines = [
@@ -128,6 +166,11 @@ def write_results(
         "",
         f"**WAR {wars.mean():.3f} ± {wars.std():.3f}, UAR {uars.mean():.3f} ± {uars.std():.3f}** "
         f"(mean ± std over {len(finals)} outer folds)",
+        ""
+        if cis is None
+        else f"95% bootstrap interval of the mean (test items resampled within each outer "
+        f"fold): WAR {cis['war'][0]:.3f}–{cis['war'][1]:.3f}, UAR {cis['uar'][0]:.3f}–"
+        f"{cis['uar'][1]:.3f}",
         "",
         "| outer fold | n test | WAR | UAR | inner-CV | epochs | parameters |",
         "|---|---|---|---|---|---|---|",
@@ -143,7 +186,9 @@ def write_results(
     lines += [
         "",
         "Files: `best_config.json`, `trials.csv` (one row per trial), `folds.csv` (one row per "
-        "outer fold), `optimisation_history.png`, "
+        "outer fold), "
+        f"{'`predictions.csv` (one row per outer-test item), ' if cis is not None else ''}"
+        "`optimisation_history.png`, "
         f"{'`param_importances.png`, ' if imp_png is not None else ''}`confusion.png`/`.csv` "
         "(outer test folds pooled).",
     ]

@@ -319,7 +319,10 @@ def final_fold(plan: SearchPlan, cfg: TrainConfig, outer: int, attempt: int = 0)
     mf = load_model(storage.read_bytes(model_file), name=model_file)
     ids, y, probs = predict_fold(mf, plan.shards, fold.test)
     summary = summarise(y, probs.argmax(1), mf.classes)
-    summary.update(outer=outer, model=model_file, epochs=cfg.epochs, ids=ids)
+    # the per-item predictions (results/predictions.csv; what distributed.compare reads)
+    summary.update(outer=outer, model=model_file, epochs=cfg.epochs, ids=ids, y=y.tolist(),
+                   probs=np.round(probs, 6).tolist(), head=cfg.head,
+                   config_hash=config_hash(cfg))  # fmt: skip
     storage.atomic_write_bytes(done_path, json.dumps(summary).encode())
     return summary
 
@@ -345,6 +348,14 @@ def progress(root: str, outers: list[int], samples: int) -> str:
         retrain = "; its retrain not finished" if n >= samples else ""
         parts.append(f"outer fold {outer}: {n} of {samples} trials finished{retrain}")
     return "; ".join(parts)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """A short digest of a whole configuration: the same hash, the same training."""
+    import hashlib
+
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def run_search(plan: SearchPlan) -> str:

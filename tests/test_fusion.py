@@ -189,3 +189,16 @@ def test_fusion_of_tuned_runs_uses_their_configs_and_final_models(paired_shards,
     pooled = fusion.scores(y, probs, len(read_manifest(paired_shards["gesture"]).classes))
     assert fold["body"]["uar"] == pytest.approx(pooled["uar"])
     assert not (tmp_path / "s" / "ft-gesture" / "split-models" / "split1.pt").exists()
+    # per-item predictions of the three scores, and intervals beside mean ± std (issue 27)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "s" / "ft" / "predictions.csv").open()))
+    assert sorted(r["id"] for r in rows) == protocol["outer"][0]["test"]
+    classes = read_manifest(paired_shards["gesture"]).classes
+    body = {r["id"]: [float(r[f"body_p_{c}"]) for c in classes] for r in rows}
+    np.testing.assert_allclose([body[i] for i in ids], probs, atol=1e-5)
+    for key in ("face", "body", "fused"):
+        lo, hi = report["intervals"][key]["uar"]
+        assert lo <= report["summary"][key]["uar_mean"] <= hi
+    text = (tmp_path / "s" / "ft" / "fusion.md").read_text()
+    assert "95% CI UAR" in text and "Fused minus the better branch" in text
