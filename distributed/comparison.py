@@ -402,7 +402,8 @@ def markdown(result: dict) -> str:
         "paired. Tests over folds see only as many values as there are folds; the bootstrap "
         "interval and McNemar's test use every test item but treat the items of a fold as "
         "independent draws, and none of them covers the variance from re-drawing the folds or "
-        "re-training (see `tune --repeats`, not yet available).",
+        "re-training: `tune --repeats R` measures that (its report separates the spread over "
+        "repeats from the spread over folds).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -74,6 +74,11 @@ def differences(stored: dict, now: dict) -> list[str]:
         out.append(f"protocol: {was.get('name')} when the run started, {new.get('name')} now")
     elif was.get("folds") != new.get("folds"):
         out.append(f"protocol {new.get('name')}: other folds than when the run started")
+    if stored.get("repeats", 1) != now.get("repeats", 1):
+        out.append(
+            f"--repeats: {stored.get('repeats', 1)} when the run started, "
+            f"{now.get('repeats', 1)} now"
+        )
     if stored.get("seed") != now.get("seed"):
         out.append(f"--seed: {stored.get('seed')} when the run started, {now.get('seed')} now")
     old, cfg = stored.get("config", {}), now.get("config", {})

@@ -61,6 +61,7 @@ class TuneArgs:
     resume: bool = False
     smoke: bool = False
     seed: int = 0
+    repeats: int = 1
     quiet: bool = False
     verbose: bool = False
     worker_group: bool = False
@@ -91,7 +92,9 @@ def tune(args: TuneArgs, started: dict | None = None) -> str:
     name = args.name or (args.branch + ("-smoke" if args.smoke else ""))
     storage_root = args.storage if storage.is_uri(args.storage) else os.path.abspath(args.storage)
     root = storage.join(storage_root, name)
-    if not args.resume and storage.exists(storage.join(root, "outer0")):
+    if not args.resume and any(
+        storage.exists(storage.join(root, d)) for d in ("outer0", "repeat0")
+    ):
         raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
     if args.resume:
         search_run.require_run(root)
@@ -140,16 +143,16 @@ def _tune(
     folds = args.folds if args.folds is not None else (2 if args.smoke else n_outer)
     outers = list(range(min(folds, n_outer)))
     samples = args.samples if args.samples is not None else (3 if args.smoke else 20)
-    search_run.check(  # what the run depends on: a --resume with any other input is refused
-        root,
-        search_run.fingerprint(
-            manifest=manifest, shards=shards_root, protocol_key=key, protocol=protocol,
-            base=base, space=space,
-        ),
-        args.resume,
+    fingerprint = search_run.fingerprint(
+        manifest=manifest, shards=shards_root, protocol_key=key, protocol=protocol, base=base,
+        space=space,
     )  # fmt: skip
+    if args.repeats > 1:
+        fingerprint["repeats"] = args.repeats
+    # what the run depends on: a --resume with any other input is refused
+    search_run.check(root, fingerprint, args.resume)
     if started is not None:
-        started.update(root=root, outers=outers, samples=samples)
+        started.update(root=root, outers=outers, samples=samples, repeats=args.repeats)
 
     init_ray(args.address, args.num_cpus)
     cpus_per_worker = args.cpus_per_worker
@@ -220,7 +223,14 @@ def _tune(
         request, lambda: ray.util.placement_group_table().values(), ray.available_resources,
         console.emit,
     ):  # fmt: skip
-        text = run_search(plan)
+        if args.repeats == 1:
+            text = run_search(plan)
+        else:
+            from distributed.repeats import run_repeats
+
+            text = run_repeats(plan, args.repeats, lambda p: search_run.fingerprint(
+                manifest=manifest, shards=shards_root, protocol_key=p.protocol_key,
+                protocol=p.protocol, base=p.base, space=space))  # fmt: skip
     result = next((ln.replace("**", "") for ln in text.splitlines() if ln.startswith("**WAR")), "")
     console.emit(f"result: {result}")
     console.emit(f"report: {storage.join(root, 'results', 'report.md')}")
@@ -278,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="tiny models, 3 trials, 2 outer folds, a few epochs"
     )
     p.add_argument("--seed", type=cli.natural, default=0)
+    p.add_argument(
+        "--repeats",
+        type=cli.count,
+        default=1,
+        help="run the whole nested CV this many times: subject-independent folds drawn again "
+        "each time, fixed folds (reference lists, official sets) with another training seed",
+    )
     p.add_argument("--quiet", action="store_true", help="with --verbose: less Tune output")
     p.add_argument(
         "--verbose",
@@ -316,7 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         again = shlex.join(["python", "-m", "distributed.tune", *argv] + (
             [] if args.resume else ["--resume"]
         ))  # fmt: skip
-        kept = progress(started["root"], started["outers"], started["samples"])
+        if started["repeats"] == 1:
+            kept = progress(started["root"], started["outers"], started["samples"])
+        else:
+            kept = "; ".join(
+                f"repeat {r}: " + progress(
+                    storage.join(started["root"], f"repeat{r}"), started["outers"],
+                    started["samples"])
+                for r in range(started["repeats"])
+            )  # fmt: skip
         return f"{kept}; no report written; continue with: {again}"
 
     return cli.run_stoppable(body, stopped)

@@ -227,3 +227,85 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capfd):
     one_line_error(capfd.readouterr().err, "not a finished distributed.tune run")
     assert compare.main([str(tmp_path / "a")]) == 2
     one_line_error(capfd.readouterr().err, "at least two runs")
+
+
+# --- repeated nested CV ---------------------------------------------------------------------
+
+
+def test_spreads_over_repeats_and_over_folds_by_hand():
+    from distributed.repeats import spreads
+
+    rows = [{"repeat": 0, "war": w} for w in (0.6, 0.8)] + [
+        {"repeat": 1, "war": w} for w in (0.5, 0.5)
+    ]
+    s = spreads(rows, "war", 2)
+    # repeat means 0.7 and 0.5: std 0.1; within-repeat stds 0.1 and 0: mean 0.05
+    assert s["mean"] == pytest.approx(0.6)
+    assert s["over_repeats"] == pytest.approx(0.1) and s["over_folds"] == pytest.approx(0.05)
+
+
+def test_fixed_folds_repeat_with_other_seeds_and_drawn_folds_are_drawn_again(gesture_shards):
+    from dataclasses import replace
+
+    from datasets.manifest import read_manifest, read_protocol
+    from distributed.config import default_config
+    from distributed.repeats import REPEAT_SEED, repeat_plans
+    from distributed.search import SearchPlan
+
+    manifest = read_manifest(gesture_shards)
+    key, protocol = read_protocol(gesture_shards, manifest)
+    plan = SearchPlan(shards=gesture_shards, manifest=manifest, protocol=protocol,
+                      protocol_key=key, base=default_config("gesture", seed=3), space=None,
+                      outers=[0], samples=1, root="/r", resources=None, concurrency=1)  # fmt: skip
+    drawn = repeat_plans(plan, 3)
+    assert [p.root for p, _ in drawn] == ["/r/repeat0", "/r/repeat1", "/r/repeat2"]
+    assert drawn[0][0].protocol == protocol and {p.base.seed for p, _ in drawn} == {3}
+    assert drawn[1][1] == f"folds drawn again with seed {REPEAT_SEED}"
+    tests = [set(p.protocol.outer[0].test) for p, _ in drawn]
+    assert tests[0] != tests[1] != tests[2]  # other outer folds ...
+    for p, _ in drawn[1:]:  # ... still subject-independent, every item tested once
+        subject = dict(zip(*(read_table_cols(gesture_shards, ("id", "subject")))))
+        for f in p.protocol.outer:
+            assert not {subject[i] for i in f.train} & {subject[i] for i in f.test}
+        assert sorted(i for f in p.protocol.outer for i in f.test) == sorted(subject)
+    fixed = repeat_plans(replace(plan, protocol_key="lists"), 3)
+    assert all(p.protocol == protocol for p, _ in fixed)
+    assert [p.base.seed for p, _ in fixed] == [3, 4, 5]
+    assert fixed[2][1] == "the same fixed folds, training seed 5"
+
+
+def read_table_cols(root: str, cols) -> list[list]:
+    from datasets.shards import read_table
+
+    table = read_table(root, list(cols))
+    return [table[c].to_pylist() for c in cols]
+
+
+@pytest.mark.timeout(600)
+def test_tune_repeats_runs_each_repeat_as_a_run_and_reports_both_spreads(
+    gesture_shards, ray_session, tmp_path, capfd
+):
+    from distributed import compare, tune
+
+    argv = ["gesture", "--smoke", "--shards", gesture_shards, "--folds", "1", "--samples", "1",
+            "--epochs", "1", "--max-concurrent", "1", "--repeats", "2", "--storage",
+            str(tmp_path), "--name", "rep"]  # fmt: skip
+    assert tune.main(argv) == 0
+    root = tmp_path / "rep"
+    report = (root / "results" / "report.md").read_text()
+    assert "2 repeats" in report and "spread over repeats" in report
+    assert "spread over folds" in report and "folds drawn again with seed 7919" in report
+    for r in (0, 1):
+        assert (root / f"repeat{r}" / "results" / "predictions.csv").exists()
+    # each repeat is a run of its own; repeats on other folds are not compared as paired runs
+    capfd.readouterr()
+    assert compare.main([str(root / "repeat0"), str(root / "repeat1"), "--out",
+                         str(tmp_path / "c")]) == 2  # fmt: skip
+    one_line_error(capfd.readouterr().err, "other protocol")
+    # a resume with another number of repeats is refused; the same one reuses every repeat
+    three = list(argv)
+    three[three.index("--repeats") + 1] = "3"
+    assert tune.main([*three, "--resume"]) == 2
+    one_line_error(capfd.readouterr().err, "--repeats: 2 when the run started, 3 now")
+    assert tune.main([*argv, "--resume"]) == 0
+    assert "trial 1/1 started" not in capfd.readouterr().out
