@@ -72,10 +72,6 @@ class Demo:
     smoke_preprocess_args: tuple[str, ...] = ()
 
 
-def config_fields(cls) -> set[str]:
-    return {f.name for f in fields(cls)}
-
-
 def check_field_types(config) -> None:
     """Each field of a frozen config dataclass holds a value of its declared type: an ``int``
     field a whole number (not a bool), a ``float`` field a finite real number, a ``bool`` field

@@ -5,22 +5,16 @@ folds greedily (largest subject first, to the fold whose class counts it brings 
 per-fold target), so no subject appears in two folds. ``nested_splits`` carves inner,
 subject-disjoint train/validation splits out of every outer training fold: epochs and
 hyperparameters are chosen on those, never on the outer test fold (the defect of the reference
-code of Wei et al. 2024). ``read_fold_lists`` reads the reference's ``trainN.txt`` /
-``evalN.txt`` lists.
+code of Wei et al. 2024).
+Reference fold lists (``trainN.txt`` / ``evalN.txt``) are read by ``datasets.reference_lists``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from datasets.records import BadInput
-
-FOLDS_JSON_VERSION = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,110 +130,3 @@ def nested_splits(
     of its training part (subject-disjoint from each other and from the outer test fold)."""
     tests = subject_kfold(subjects, labels, outer_k, seed)
     return nested_from_test_folds(tests, subjects, labels, inner_k, seed)
-
-
-def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    pairs = []
-    for lineno, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        fields = line.split()
-        if len(fields) != 2:
-            raise BadInput(str(path), f"line {lineno}: expected '<id> <label>', got {line!r}")
-        pairs.append((fields[0], fields[1]))
-    return pairs
-
-
-def read_fold_lists(
-    folder: str | Path,
-) -> list[tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
-    """The reference's fold lists: [(train pairs, eval pairs)] for N = 1..k from
-    ``trainN.txt`` / ``evalN.txt`` (lines ``Sxxx/yyy Label``), in fold order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BadInput(str(folder), "fold-list folder does not exist")
-    numbers = sorted(
-        int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"eval(\d+)\.txt", p.name))
-    )
-    if not numbers:
-        raise BadInput(str(folder), "no evalN.txt files")
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise BadInput(str(folder), f"eval lists are not numbered 1..k: {numbers}")
-    out = []
-    for n in numbers:
-        train_path = folder / f"train{n}.txt"
-        if not train_path.is_file():
-            raise BadInput(str(train_path), f"missing (eval{n}.txt has no train list)")
-        out.append((_read_pairs(train_path), _read_pairs(folder / f"eval{n}.txt")))
-    return out
-
-
-def _index_of(ids: Sequence[str]) -> dict[str, int]:
-    index = {item_id: i for i, item_id in enumerate(ids)}
-    if len(index) != len(ids):
-        raise ValueError("ids are not unique")
-    return index
-
-
-def _to_indices(names: Sequence[str], index: dict[str, int], what: str) -> np.ndarray:
-    missing = [x for x in names if x not in index]
-    if missing:
-        raise ValueError(f"{what}: {len(missing)} ids not in the dataset, e.g. {missing[:3]}")
-    return np.sort(np.array([index[x] for x in names], dtype=np.int64))
-
-
-def folds_from_lists(
-    fold_lists: Sequence[tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]]],
-    ids: Sequence[str],
-) -> list[np.ndarray]:
-    """Test-index arrays from ``read_fold_lists`` output (eval ids looked up in ``ids``)."""
-    index = _index_of(ids)
-    return [
-        _to_indices([i for i, _ in ev], index, f"eval list {n}")
-        for n, (_, ev) in enumerate(fold_lists, start=1)
-    ]
-
-
-def folds_to_json(folds: Sequence[OuterFold], ids: Sequence[str]) -> dict:
-    """JSON-ready dict of the folds as lists of item ids (for the dataset manifest)."""
-    ids = list(ids)
-
-    def names(idx: np.ndarray) -> list[str]:
-        return [ids[i] for i in idx]
-
-    return {
-        "version": FOLDS_JSON_VERSION,
-        "outer": [
-            {
-                "test": names(f.test),
-                "train": names(f.train),
-                "inner": [{"train": names(s.train), "val": names(s.val)} for s in f.inner],
-            }
-            for f in folds
-        ],
-    }
-
-
-def folds_from_json(obj: dict, ids: Sequence[str]) -> list[OuterFold]:
-    """Inverse of ``folds_to_json``: ids looked up in ``ids`` (ValueError for unknown ids)."""
-    if obj.get("version") != FOLDS_JSON_VERSION:
-        raise ValueError(f"folds version {obj.get('version')!r}, expected {FOLDS_JSON_VERSION}")
-    index = _index_of(ids)
-    out = []
-    for i, f in enumerate(obj["outer"]):
-        inner = tuple(
-            InnerFold(
-                train=_to_indices(s["train"], index, f"outer {i} inner {j} train"),
-                val=_to_indices(s["val"], index, f"outer {i} inner {j} val"),
-            )
-            for j, s in enumerate(f["inner"])
-        )
-        out.append(
-            OuterFold(
-                test=_to_indices(f["test"], index, f"outer {i} test"),
-                train=_to_indices(f["train"], index, f"outer {i} train"),
-                inner=inner,
-            )
-        )
-    return out

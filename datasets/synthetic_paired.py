@@ -42,23 +42,6 @@ PAIRED_CLASSES: dict[str, tuple[str, str]] = {
 }
 
 
-def face_groups() -> list[list[str]]:
-    """Classes the face cannot tell apart (same expression)."""
-    return _groups(0)
-
-
-def body_groups() -> list[list[str]]:
-    """Classes the body cannot tell apart (same gesture)."""
-    return _groups(1)
-
-
-def _groups(which: int) -> list[list[str]]:
-    groups: dict[str, list[str]] = {}
-    for name, parts in PAIRED_CLASSES.items():
-        groups.setdefault(parts[which], []).append(name)
-    return list(groups.values())
-
-
 def _write_npz(path: Path, joints: np.ndarray, confidence: np.ndarray) -> Path:
     tmp = path.with_name(f".tmp-{path.name}")
     with open(tmp, "wb") as f:

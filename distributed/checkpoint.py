@@ -82,12 +82,6 @@ def save_model(
     torch.save(blob, path_or_buffer)
 
 
-def model_bytes(model, cfg: TrainConfig, data: DataInfo, trained_on: TrainedOn, commit: str):
-    buf = io.BytesIO()
-    save_model(buf, model, cfg, data, trained_on, commit)
-    return buf.getvalue()
-
-
 def load_model(src, device: str | torch.device = "cpu", name: str | None = None) -> ModelFile:
     """Load a model file (a local path or its bytes); ``name`` is used in error messages."""
     from distributed.steps import build

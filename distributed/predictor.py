@@ -173,8 +173,6 @@ class Predictor:
             )
         return out
 
-    predict_prepared = predict_tables
-
     # ------------------------------------------------------------ convenience
     def predict_path(self, path: str) -> Prediction:
         """Preprocess and predict one file or folder (raises BadInput when it cannot be read)."""

@@ -1,29 +1,16 @@
-"""Subject-independent folds, nested splits, JSON round trip, and the reference's CK+ fold lists."""
-
-import json
-import os
-from pathlib import Path
+"""Subject-independent folds and nested splits (reference lists: test_reference_lists.py)."""
 
 import numpy as np
 import pytest
 
 from datasets.folds import (
     OuterFold,
-    folds_from_json,
-    folds_from_lists,
-    folds_to_json,
     nested_from_test_folds,
     nested_splits,
-    read_fold_lists,
     subject_kfold,
 )
-from datasets.records import BadInput
 
 pytestmark = pytest.mark.timeout(60)
-
-CKPLUS_FOLDS = Path(
-    os.environ.get("CKPLUS_FOLDS", Path(__file__).resolve().parents[2] / "shared/data/ckplus-folds")
-)
 
 
 def _dataset(n_subjects=40, n_classes=5, seed=0):
@@ -113,23 +100,6 @@ def test_nested_splits_never_leak_subjects():
         np.testing.assert_array_equal(a.inner[1].val, b.inner[1].val)
 
 
-def test_folds_json_round_trip_is_exact():
-    subjects, labels = _dataset(n_subjects=12)
-    ids = [f"{s}/{i:03d}" for i, s in enumerate(subjects)]
-    nested = nested_splits(subjects, labels, 3, 2, seed=0)
-    doc = json.loads(json.dumps(folds_to_json(nested, ids)))
-    assert doc["outer"][0]["test"] == [ids[i] for i in nested[0].test]
-    back = folds_from_json(doc, ids)
-    for a, b in zip(nested, back, strict=True):
-        np.testing.assert_array_equal(a.test, b.test)
-        np.testing.assert_array_equal(a.train, b.train)
-        for x, y in zip(a.inner, b.inner, strict=True):
-            np.testing.assert_array_equal(x.train, y.train)
-            np.testing.assert_array_equal(x.val, y.val)
-    with pytest.raises(ValueError, match="not in the dataset"):
-        folds_from_json(doc, ids[:-3])
-
-
 def test_nested_splits_rejects_too_few_training_subjects():
     subjects = np.repeat(["s01", "s02", "s03"], 4)  # 2 outer folds: one trains on 1 subject
     with pytest.raises(ValueError, match="training part has 1 subject"):
@@ -142,54 +112,3 @@ def test_nested_from_test_folds_rejects_leaking_test_folds():
     labels = np.zeros(8, int)
     with pytest.raises(ValueError, match="subjects in both"):
         nested_from_test_folds([np.array([0, 2, 3])], subjects, labels, inner_k=2)
-
-
-def _need_ckplus_lists():
-    if not CKPLUS_FOLDS.is_dir():
-        pytest.skip(f"reference CK+ fold lists not found at {CKPLUS_FOLDS} (set CKPLUS_FOLDS)")
-
-
-def test_read_reference_ckplus_fold_lists():
-    _need_ckplus_lists()
-    lists = read_fold_lists(CKPLUS_FOLDS)
-    assert len(lists) == 10
-    eval_ids = [i for _, ev in lists for i, _ in ev]
-    assert len(eval_ids) == len(set(eval_ids)) == 327  # every sequence evaluated exactly once
-    labels = {i: lab for _, ev in lists for i, lab in ev}
-    assert sorted(set(labels.values())) == [
-        "Angry", "Contempt", "Disgust", "Fear", "Happy", "Sad", "Surprise",
-    ]  # fmt: skip
-    owner = {}
-    for k, (train, ev) in enumerate(lists):
-        for i, _ in ev:
-            subject = i.split("/")[0]
-            assert owner.setdefault(subject, k) == k, (
-                f"{subject} in eval folds {owner[subject]}, {k}"
-            )
-        train_ids = {i for i, _ in train}
-        assert train_ids == set(eval_ids) - {i for i, _ in ev}  # train = complement of eval
-        assert all(labels[i] == lab for i, lab in train)  # same label in every list
-    # the lists become outer test folds with subject-disjoint inner splits
-    ids = sorted(eval_ids)
-    subjects = [i.split("/")[0] for i in ids]
-    nested = nested_from_test_folds(
-        folds_from_lists(lists, ids), subjects, [labels[i] for i in ids], inner_k=3
-    )
-    assert [len(f.test) for f in nested] == [len(ev) for _, ev in lists]
-
-
-def test_read_fold_lists_errors(tmp_path):
-    with pytest.raises(BadInput, match="does not exist"):
-        read_fold_lists(tmp_path / "none")
-    (tmp_path / "eval1.txt").write_text("S001/001 Angry\n")
-    with pytest.raises(BadInput, match="train1.txt"):
-        read_fold_lists(tmp_path)
-    (tmp_path / "train1.txt").write_text("S002/001 Angry extra\n")
-    with pytest.raises(BadInput, match="line 1: expected"):
-        read_fold_lists(tmp_path)
-    (tmp_path / "train1.txt").write_text("S002/001 Angry")  # no final newline
-    (tmp_path / "eval3.txt").write_text("S003/001 Angry\n")
-    with pytest.raises(BadInput, match=r"not numbered 1..k: \[1, 3\]"):
-        read_fold_lists(tmp_path)
-    (tmp_path / "eval3.txt").unlink()
-    assert read_fold_lists(tmp_path) == [([("S002/001", "Angry")], [("S001/001", "Angry")])]

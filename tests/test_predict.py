@@ -133,7 +133,7 @@ def test_timeline_is_the_clip_stream_and_accepts_more_clips(facial_ckpt, facial_
     _, sources = _rows(facial_pair_shards, 1)
     p = predict.Predictor.from_checkpoint(facial_ckpt, clips=4)
     prep = p.prepare_path(sources[0])
-    pred = p.predict_prepared([prep])[0]
+    pred = p.predict_tables([prep])[0]
     assert len(pred.timeline) == 4
     # slow reference: run the model on the 4-clip input and average nothing: per-clip softmax
     from datasets.clips import sample_clips
@@ -158,7 +158,7 @@ def test_timeline_is_the_clip_stream_and_accepts_more_clips(facial_ckpt, facial_
         assert all(c.start_frame <= f <= c.end_frame for f in c.frames)
         assert c.start_s == pytest.approx(c.start_frame / 10.0)  # the generator writes 10 fps
     # the whole-video prediction still uses the checkpoint's C = 2 (what evaluation uses)
-    two = predict.Predictor.from_checkpoint(facial_ckpt).predict_prepared([prep])[0]
+    two = predict.Predictor.from_checkpoint(facial_ckpt).predict_tables([prep])[0]
     assert pred.probabilities == two.probabilities
 
 
