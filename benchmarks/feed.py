@@ -21,7 +21,8 @@
     a thread samples /proc for the whole process tree (driver, raylet, Ray workers). The model's
     memory does not grow with the data, so the feed is what this measures.
 (c) The data a SISTCM worker consumes: frames/s of one training step (C=5, K=2, B=2) of
-    ``benchmarks/models.py`` at S=112 and 224 on this CPU, as frames/s and MB/s of uint8 frames.
+    ``benchmarks/facial_models.py`` at S=112 and 224 on this CPU, as frames/s and MB/s of uint8
+    frames.
 
 The machine is shared: the load average is printed next to the figures.
 """
@@ -254,12 +255,12 @@ def epoch_memory(root: Path, cfg: FeedBench, scratch: Path) -> dict:
 
 
 def step_need(cfg: FeedBench) -> list[tuple]:
-    """Frames/s one SISTCM training step consumes on this CPU (benchmarks/models.py's step)."""
+    """Frames/s one SISTCM training step consumes on this CPU (facial_models.py's step)."""
     import importlib.util
 
-    # benchmarks/models.py by path: the name ``models`` is the repository's model package
+    # by path: this script may be run from anywhere, with or without benchmarks/ on sys.path
     spec = importlib.util.spec_from_file_location(
-        "bench_models", Path(__file__).with_name("models.py")
+        "bench_models", Path(__file__).with_name("facial_models.py")
     )
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_models"] = bench  # dataclasses look their module up while it loads

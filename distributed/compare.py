@@ -73,9 +73,9 @@ def run_compare(args: argparse.Namespace) -> str:
     if len(set(args.runs)) != len(args.runs):
         raise cli.UsageError("the same run is given twice")
     names = _names(args.runs, args.names)
+    runs = [read_run(p, n) for p, n in zip(args.runs, names)]  # (nothing created for bad runs)
     out = args.out if storage.is_uri(args.out) else posixpath.abspath(args.out)
     storage.ensure_writable_dir(out, "--out folder")
-    runs = [read_run(p, n) for p, n in zip(args.runs, names)]
     try:
         result = compare(runs, n_boot=args.resamples, seed=args.seed)
     except CompareError as err:

@@ -42,7 +42,7 @@ SMOKES = [
     Smoke("fusion", r"^fused UAR / best branch UAR = (\d+\.\d\d|nan)x", 600, ray=True),
     Smoke("gesture", r"^  build / step: \d+\.\d\d%", 120),
     Smoke("local_mode", r"^local mode: wall \d+\.\d-\d+\.\d s over 1 fits", 600, ray=True),
-    Smoke("models", r"^ 1  2  2   32      4 \|.*\d\.\d\dx\s+\d\.\d\dx$", 120),
+    Smoke("facial_models", r"^ 1  2  2   32      4 \|.*\d\.\d\dx\s+\d\.\d\dx$", 120),
     Smoke("pipeline", r"^\(a\) preprocess 2 vs 1 Ray CPU\s+\d+\.\d\dx", 600, ray=True),
     Smoke("pose", r"^Ray 2 CPUs vs 1 CPU: \d+\.\d\dx", 600, ray=True, mediapipe=True),
     Smoke("search", r"^summary: TPE \+ ASHA needed a median", 600, ray=True),
@@ -89,6 +89,9 @@ def test_benchmark_smoke_run(smoke: Smoke):
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # a script's own instance, never the session's
     env.update(RAY_AUTH_MODE="disabled", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    # the run-from-root habit: with the repository on PYTHONPATH too, benchmarks/ comes first on
+    # sys.path, and a script named like a package of ours would shadow it
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp") if smoke.ray else None
     if ray_tmp:
         env["RAY_TMPDIR"] = ray_tmp
@@ -105,3 +108,11 @@ def test_benchmark_smoke_run(smoke: Smoke):
     assert re.search(smoke.result, out, re.MULTILINE), (
         f"no result line /{smoke.result}/ in the output:\n{out[-4000:]}"
     )
+
+
+def test_no_benchmark_script_is_named_like_a_package_of_the_repository():
+    """``python benchmarks/X.py`` puts benchmarks/ first on sys.path: ``benchmarks/models.py``
+    once made ``import models.sistcm`` fail there."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    assert packages and not scripts & packages, scripts & packages

@@ -223,8 +223,10 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capfd):
     from distributed import compare
 
     (tmp_path / "a").mkdir()
-    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    out = tmp_path / "out"
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 2
     one_line_error(capfd.readouterr().err, "not a finished distributed.tune run")
+    assert not out.exists()  # nothing created for runs that cannot be compared
     assert compare.main([str(tmp_path / "a")]) == 2
     one_line_error(capfd.readouterr().err, "at least two runs")
 

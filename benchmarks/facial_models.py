@@ -5,9 +5,9 @@ Both backbones take the same videos (B, C, K, 3, S, S); the plain net runs the B
 conv2 on the two super images. Measurements are interleaved (plain, SISTCM, plain, ...) after a
 warm-up, and the median of the repeats is reported with the ratio SISTCM / plain.
 
-    .venv/bin/python benchmarks/models.py            # C=5, K in {2, 4}, B=2, S in {112, 224}
-    .venv/bin/python benchmarks/models.py --quick    # S=112 only, fewer repeats (~20 s)
-    .venv/bin/python benchmarks/models.py --smoke    # one toy case (B=1 C=2 K=2 S=32), 1 repeat
+    .venv/bin/python benchmarks/facial_models.py          # C=5, K in {2, 4}, B=2, S in {112, 224}
+    .venv/bin/python benchmarks/facial_models.py --quick  # S=112 only, fewer repeats (~20 s)
+    .venv/bin/python benchmarks/facial_models.py --smoke  # one toy case (B=1 C=2 K=2 S=32)
 """
 
 from __future__ import annotations
