@@ -74,7 +74,7 @@ def use_private_ray_tmp(scratch: Path) -> None:
 
 
 def start_ray(num_cpus: float, attempts: int = 3):
-    """``distributed.common.init_ray`` on a fresh local instance, retried on a failed start.
+    """``distributed.core.runtime.init_ray`` on a fresh local instance, retried on a failed start.
 
     On a heavily loaded machine the raylet can die waiting for the dashboard agent's port file (a
     fixed 15 s limit in Ray 2.60, ray-project/ray#65983), and ``ray.init`` then fails with "The
@@ -82,7 +82,7 @@ def start_ray(num_cpus: float, attempts: int = 3):
     """
     import ray
 
-    from distributed.common import init_ray
+    from distributed.core.runtime import init_ray
 
     for attempt in range(1, attempts + 1):
         try:

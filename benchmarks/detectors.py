@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from datasets import faces  # noqa: E402
 from datasets.pose import INSTALL_HINT, mediapipe_available  # noqa: E402
-from distributed.common import print_table  # noqa: E402
+from distributed.core.runtime import print_table  # noqa: E402
 
 SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 

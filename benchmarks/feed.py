@@ -7,7 +7,8 @@
     .venv/bin/python benchmarks/feed.py --smoke  # (a), (b) and (c) at toy sizes, one pass
 
 (a) One epoch of the training feed, forced to stream (materialisation budget 0): the fold
-    (``distributed.trainer.prepare_datasets``, a ``distributed.stream.StreamedFold``) read as a
+    (``distributed.training.launch.prepare_datasets``, a
+    ``distributed.training.stream.StreamedFold``) read as a
     single Train worker reads it (``iter_torch_batches`` with the branch's training collate,
     prefetch 2, the bounded shuffle buffer; read and collate on the shard's two threads),
     against a plain pyarrow read of the same shard files feeding the same collate in one
@@ -49,7 +50,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from datasets import shards  # noqa: E402
 from datasets.manifest import Counts, Manifest, write_manifest  # noqa: E402
-from distributed.common import print_table  # noqa: E402
+from distributed.core.runtime import print_table  # noqa: E402
 
 MARKER = "BENCH_RESULT "
 MB = 1e6
@@ -107,7 +108,7 @@ def write_set(root: Path, cfg: FeedBench, copies: int = 1) -> list[str]:
 
 
 def _train_cfg(cfg: FeedBench):
-    from distributed.config import default_config
+    from distributed.core.config import default_config
 
     return default_config("facial", clips=2, frames=2, batch_size=cfg.batch, seed=0)
 
@@ -115,7 +116,7 @@ def _train_cfg(cfg: FeedBench):
 def plain_pass(files: list[str], cfg: FeedBench, epoch: int):
     """The branch's training collate fed by plain pyarrow ``iter_batches`` over every file."""
     from branches import get_branch
-    from distributed.data import arrow_columns
+    from distributed.training.ray_data import arrow_columns
 
     tcfg = _train_cfg(cfg)
     fn = get_branch("facial").collate(tcfg.model, train=True, seed=tcfg.seed, epoch=epoch)
@@ -126,8 +127,8 @@ def plain_pass(files: list[str], cfg: FeedBench, epoch: int):
 
 
 def streamed_pass(ds, cfg: FeedBench, epoch: int, shuffle: bool = True):
-    """The streamed fold's shard read as ``distributed.worker.run_epoch`` reads it."""
-    from distributed.data import make_collate
+    """The streamed fold's shard read as ``distributed.training.ray_host.run_epoch`` reads it."""
+    from distributed.training.ray_data import make_collate
 
     tcfg = _train_cfg(cfg)
     return ds.iter_torch_batches(
@@ -154,7 +155,7 @@ def consume(batches, row_bytes: int) -> tuple[float, int, int, float]:
 
 
 def streamed_dataset(root: str, ids: list[str]):
-    from distributed.trainer import FoldSpec, prepare_datasets
+    from distributed.training.launch import FoldSpec, prepare_datasets
 
     data = prepare_datasets(root, [FoldSpec(tuple(ids), None)], materialize_bytes=0)
     return data.datasets["train0"].shard(0, 1)  # what a single training worker reads

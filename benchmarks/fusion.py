@@ -37,8 +37,8 @@ def main() -> None:
 
     from datasets.synthetic_paired import write_paired_set
     from distributed import fusion, preprocess
-    from distributed.common import init_ray
-    from distributed.config import default_config
+    from distributed.core.config import default_config
+    from distributed.core.runtime import init_ray
 
     init_ray()
     t0 = time.time()

@@ -5,7 +5,7 @@
     python benchmarks/gpu.py --sections train_steps,export --budget 200 --json part.json
 
 Imports only the standard library, torch, numpy and pyarrow, plus the project's Ray-free modules
-(``models``, ``branches``, ``datasets.*``, ``distributed.config/steps/checkpoint/export/
+(``models``, ``branches``, ``datasets.*``, ``distributed.core.config/steps/checkpoint/export/
 loop/local_mode/stream``), each
 inside the section that needs it: a module that fails to import fails one section, not the run.
 The JSON records whether Ray (or pandas, scikit-learn, Optuna) was imported; the GPU machine has
@@ -29,7 +29,8 @@ e. ``export``: a model file exported by ``distributed.export`` and run on the de
 f. ``collective``: all-reduces through the training loop's code path in a process group of one
    (``cpu:gloo,cuda:nccl`` on a GPU): DDP's gradients and the epoch statistics on the device, and
    a CPU tensor through the same group.
-   ``epoch_loop``: the real loop (``distributed.loop``, in-process host) over 1,024 generated
+   ``epoch_loop``: the real loop (``distributed.training.loop``, in-process host) over 1,024
+   generated
    videos in Parquet shards (:func:`write_clip_shards`; ``clip_shards`` checks it) read by the
    streamed reader: end-to-end videos/s against the step alone, and the data-wait fraction.
 """
@@ -162,14 +163,14 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    from distributed.loop import autocast as loop_autocast  # the loop's own (Ray-free)
+    from distributed.training.loop import autocast as loop_autocast  # the loop's own (Ray-free)
 
     return loop_autocast(device, precision)
 
 
 def auto_precision(device: torch.device) -> str:
     """What the training loop's ``precision="auto"`` runs in on ``device``."""
-    from distributed.loop import resolve_precision
+    from distributed.training.loop import resolve_precision
 
     return resolve_precision("auto", device)
 
@@ -314,7 +315,7 @@ def facial_trainee(name: str, sizes: Sizes, size: int):
     """(CPU model, model config for the branch's inputs, forward_loss(model, x, y) -> (loss,
     outputs dict)) of "sistcm", "resnet_tlstm" (through the facial branch) or "resnet18"."""
     from branches import DataInfo, get_branch
-    from distributed.config import default_config
+    from distributed.core.config import default_config
 
     branch = get_branch("facial")
     dims = dict(clips=sizes.clips, frames=sizes.frames, lstm1=sizes.lstm1, lstm2=sizes.lstm2)
@@ -346,7 +347,8 @@ def on_device(model: nn.Module, device) -> nn.Module:
 
 
 def make_step(model, mcfg, forward_loss, batch, device, precision, lr=0.005):
-    """One training step as ``distributed.loop.run_epoch`` takes it (SGD of the facial branch's
+    """One training step as ``distributed.training.loop.run_epoch`` takes it (SGD of the facial
+    branch's
     defaults; the gradient scaler enabled for fp16 only). Returns (step, optimizer)."""
     from branches import get_branch
 
@@ -665,7 +667,7 @@ class StrictFP32:
 
 def precision_agreement_section(args, device) -> dict:
     from branches import get_branch
-    from distributed.steps import head_probs
+    from distributed.training.steps import head_probs
 
     sizes: Sizes = args.sizes
     branch = get_branch("facial")
@@ -726,7 +728,7 @@ def precision_agreement_section(args, device) -> dict:
 
 def gesture_section(args, device) -> dict:
     from branches import DataInfo, get_branch
-    from distributed.config import default_config
+    from distributed.core.config import default_config
 
     sizes: Sizes = args.sizes
     branch = get_branch("gesture")
@@ -837,8 +839,8 @@ def export_section(args, device) -> dict:
 
     from branches import DataInfo, get_branch
     from distributed import export
-    from distributed.checkpoint import TrainedOn, load_model, save_model
-    from distributed.config import default_config
+    from distributed.core.config import default_config
+    from distributed.training.checkpoint import TrainedOn, load_model, save_model
 
     sizes: Sizes = args.sizes
     s = sizes.export_size
@@ -961,7 +963,8 @@ def export_section(args, device) -> dict:
 
 
 class ProcessGroupHost:
-    """The training loop's host (``distributed.loop.Host``) in a ``torch.distributed`` group of
+    """The training loop's host (``distributed.training.loop.Host``) in a ``torch.distributed``
+    group of
     this one process: the model wrapped in DDP (its gradients all-reduced through the group),
     streamed folds read whole, reports kept."""
 
@@ -989,7 +992,7 @@ def facial_fold(root: str, ids):
     """A streamed training fold over every row of a shard folder (the project's reader)."""
     from branches import get_branch
     from datasets import shards
-    from distributed.stream import StreamedFold
+    from distributed.training.stream import StreamedFold
 
     columns = get_branch("facial").columns
     groups = shards.shard_row_groups(root, columns)
@@ -999,7 +1002,7 @@ def facial_fold(root: str, ids):
 def loop_config(sizes: Sizes, size: int, batch: int, epochs: int, threads: int) -> dict:
     """The training loop's config for SISTCM + TLSTM on :func:`write_clip_shards` rows."""
     from branches import DataInfo
-    from distributed.config import default_config
+    from distributed.core.config import default_config
 
     cfg = default_config(
         "facial", clips=sizes.clips, frames=sizes.frames, lstm1=sizes.lstm1, lstm2=sizes.lstm2,
@@ -1023,7 +1026,7 @@ def collective_section(args, device) -> dict:
     a CPU tensor through the same group."""
     import torch.distributed as dist
 
-    from distributed.loop import process_group_backend, train_folds
+    from distributed.training.loop import process_group_backend, train_folds
 
     sizes: Sizes = args.sizes
     backend = process_group_backend(device.type == "cuda")
@@ -1077,12 +1080,12 @@ def collective_section(args, device) -> dict:
 
 
 def epoch_loop_section(args, device) -> dict:
-    """The real epoch loop (``distributed.loop.train_folds`` on the in-process host) over
+    """The real epoch loop (``distributed.training.loop.train_folds`` on the in-process host) over
     ``loop_clips`` generated videos in Parquet shards, read by the streamed reader: videos/s of
     the last epoch against the same model's training step alone on one pinned batch, and the
     epoch's data-wait fraction (time the loop waited for the next batch / epoch time)."""
-    from distributed.local_mode import LocalHost
-    from distributed.loop import resolve_precision, train_folds
+    from distributed.training.local_hosts import LocalHost
+    from distributed.training.loop import resolve_precision, train_folds
 
     sizes: Sizes = args.sizes
     n, size, batch = sizes.loop_clips, sizes.loop_size, sizes.loop_batch
@@ -1245,7 +1248,7 @@ SECTIONS: dict[str, tuple[str, Callable]] = {  # name -> (issue letter, function
 
 
 def git_commit() -> str:
-    from distributed.common import git_commit as commit  # (Ray-free)
+    from distributed.core.runtime import git_commit as commit  # (Ray-free)
 
     return commit()
 

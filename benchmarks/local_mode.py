@@ -33,7 +33,7 @@ def main() -> None:
     epochs = args.epochs if args.epochs is not None else 1 if args.smoke else 2
     rounds = args.rounds if args.rounds is not None else 1 if args.smoke else 2
     per_class, inner = (1, 1) if args.smoke else (3, 2)
-    from distributed.common import init_ray
+    from distributed.core.runtime import init_ray
 
     print("load average before:", os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="bench-local-") as scratch:
@@ -54,8 +54,8 @@ def measure(tmp: Path, epochs: int, rounds: int, per_class: int, inner: int) -> 
     from datasets.manifest import read_manifest, read_protocol
     from datasets.synthetic_gesture import write_gesture_set
     from distributed import preprocess
-    from distributed.config import default_config
-    from distributed.trainer import Resources, fit_folds, outer_fold_spec, prepare_datasets
+    from distributed.core.config import default_config
+    from distributed.training.launch import Resources, fit_folds, outer_fold_spec, prepare_datasets
 
     write_gesture_set(tmp / "raw", n_subjects=6, per_class=per_class, seed=0)
     argv = ["gesture", "--source", str(tmp / "raw"), "--out", str(tmp / "shards"),

@@ -23,7 +23,7 @@ The training feed (a streamed fold vs plain pyarrow) is ``benchmarks/feed.py``.
 (c) The same 10N videos through a plain single-process loop (no Ray): the branch's per-item
     function and the same Parquet writes, OpenCV with its default thread pool (every core); the
     2-CPU Ray job's videos/s against it (target: within 15%). Each Ray task sets OpenCV's
-    threads to the CPUs it holds (``distributed.common.set_opencv_threads``).
+    threads to the CPUs it holds (``distributed.core.runtime.set_opencv_threads``).
 (d) Stored bytes per frame vs the reference's float32 frames (S*S*3*4 bytes): the Parquet files'
     total size (zstd) / the frames they hold, at the same S.
 
@@ -49,7 +49,7 @@ _util.ensure_repo_on_path()
 import numpy as np  # noqa: E402
 
 from datasets import shards  # noqa: E402
-from distributed.common import print_table  # noqa: E402
+from distributed.core.runtime import print_table  # noqa: E402
 
 MARKER = "BENCH_RESULT "
 
@@ -177,7 +177,7 @@ def plain_main(argv: list[str]) -> int:
 
     from branches import get_branch
     from distributed.preprocess import PreprocessArgs, build_parser, scan
-    from distributed.shard_tasks import plan_shards
+    from distributed.preprocessing.tasks import plan_shards
 
     args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
     branch = get_branch(args.branch)

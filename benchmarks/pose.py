@@ -11,7 +11,8 @@ Every setting runs ``datasets.pose.pose_from_path`` on the same files (decode + 
 - loop: one process, the videos one after another (the baseline);
 - Ray, 1 and 2 CPUs: one 1-CPU Ray task per video (as ``distributed.preprocess`` runs its
   shard tasks) in a subprocess with its own local Ray instance
-  (``distributed.common.init_ray(num_cpus=N)``); the job time runs from the first submission to
+  (``distributed.core.runtime.init_ray(num_cpus=N)``); the job time runs from the first submission
+  to
   the last result back at the driver, Ray already started. Each task runs one video on one
   CPU: OpenCV is set to one thread and OMP_NUM_THREADS=1 (MediaPipe's CPU graph itself keeps
   to about one core, see the CPU/wall column of the loop).
@@ -40,7 +41,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from datasets.pose import INSTALL_HINT, mediapipe_available, pose_from_path  # noqa: E402
-from distributed.common import print_table  # noqa: E402
+from distributed.core.runtime import print_table  # noqa: E402
 
 MARKER = "BENCH_RESULT "
 CANVAS_H, CANVAS_W, N_FRAMES = 400, 512, 24

@@ -55,7 +55,7 @@ _util.ensure_repo_on_path()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distributed.common import print_table  # noqa: E402
+from distributed.core.runtime import print_table  # noqa: E402
 
 METRIC = "cv_uar"
 TOLERANCE = 0.01
@@ -141,7 +141,7 @@ def trial(config: dict, data: dict, bench: SearchBench) -> None:
     """
     from ray import tune
 
-    from distributed.metrics import confusion, uar
+    from distributed.results.metrics import confusion, uar
     from models import build_model
 
     torch.set_num_threads(1)

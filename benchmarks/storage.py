@@ -11,10 +11,12 @@ written to a local folder and to a bucket of moto's S3 server, which runs in its
 so its workers see them). Three readers, each on both stores, passes interleaved:
 
 - the streamed training path (a fold over the materialisation budget): the fold's plan from the
-  files' footers, then one worker's ``distributed.stream`` reader (planned row groups, shuffle
+  files' footers, then one worker's ``distributed.training.stream`` reader (planned row groups,
+  shuffle
   buffer, the facial branch's training collate: clip sampling on uint8 frames), every row of
   the set in the fold;
-- the read of a fold under the budget: ``distributed.data.fold_dataset`` (Ray Data read tasks
+- the read of a fold under the budget: ``distributed.training.ray_data.fold_dataset`` (Ray Data
+read tasks
   over the planned row groups) -> ``iter_torch_batches`` with the same collate (training reads
   such a fold once, then from the object store);
 - the transport alone: each shard file's bytes fetched with ``datasets.storage.read_bytes`` and
@@ -133,8 +135,8 @@ def write_set(roots: list[str], cfg: StorageBench) -> tuple[list[str], int]:
 
 def fold_pass(root: str, ids: list[str], cfg: StorageBench) -> tuple[float, int, int]:
     """(seconds, rows, checksum) of one training-path pass over the fold."""
-    from distributed.config import default_config
-    from distributed.data import fold_dataset, make_collate
+    from distributed.core.config import default_config
+    from distributed.training.ray_data import fold_dataset, make_collate
 
     model_cfg = default_config("facial", clips=2, frames=2)
     t0 = time.perf_counter()
@@ -150,11 +152,12 @@ def fold_pass(root: str, ids: list[str], cfg: StorageBench) -> tuple[float, int,
 
 def streamed_pass(root: str, ids: list[str], cfg: StorageBench) -> tuple[float, int, int]:
     """(seconds, rows, checksum) of one pass of a streamed fold as one training worker reads it
-    (``distributed.stream``: the footers, then the planned row groups, read by the worker)."""
+    (``distributed.training.stream``: the footers, then the planned row groups, read by the
+    worker)."""
     from branches import get_branch
-    from distributed.config import default_config
-    from distributed.data import make_collate, shard_row_groups
-    from distributed.stream import StreamedFold
+    from distributed.core.config import default_config
+    from distributed.training.ray_data import make_collate, shard_row_groups
+    from distributed.training.stream import StreamedFold
 
     model_cfg = default_config("facial", clips=2, frames=2)
     columns = list(get_branch("facial").columns)
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
             moto.kill()
             moto.wait(timeout=30)
-    from distributed.common import print_table
+    from distributed.core.runtime import print_table
 
     print_table(rows, ("reader", "local MB/s", "S3 MB/s", "S3 / local", "passes (local | S3)"))
     print(f"({_util.machine_load()})")

@@ -6,8 +6,10 @@
 
 Everything runs through the real path: synthetic MJPEG videos are written and preprocessed with
 ``python -m distributed.preprocess``'s job into shards, the fold of every row is read once
-(``distributed.trainer.prepare_datasets``: a fold under the materialisation budget becomes a Ray
-dataset in the object store), then ``distributed.trainer.fit_folds`` fits SISTCM + TLSTM with Ray
+(``distributed.training.launch.prepare_datasets``: a fold under the materialisation budget becomes
+a Ray
+dataset in the object store), then ``distributed.training.launch.fit_folds`` fits SISTCM + TLSTM
+with Ray
 Train (TorchTrainer, DDP over gloo, the dataset split among the workers and consumed with
 ``iter_torch_batches(prefetch_batches=2)`` and the per-epoch clip-sampling collate) on one local
 Ray instance with 2 CPUs, first with 1 worker, then with 2.
@@ -44,7 +46,7 @@ _util.ensure_repo_on_path()
 
 from datasets import shards  # noqa: E402
 from datasets.manifest import read_manifest  # noqa: E402
-from distributed.common import print_table  # noqa: E402
+from distributed.core.runtime import print_table  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def make_shards(scratch: Path, cfg: TrainBench) -> str:
 
 def every_row(root: str):
     """The datasets of one fold of every row, no validation split (read once, shared by fits)."""
-    from distributed.trainer import FoldSpec, prepare_datasets
+    from distributed.training.launch import FoldSpec, prepare_datasets
 
     ids = tuple(shards.read_table(root, columns=["id"])["id"].to_pylist())
     return prepare_datasets(root, [FoldSpec(ids, None)])
@@ -94,8 +96,8 @@ def every_row(root: str):
 
 def run_fit(data, cfg: TrainBench, workers: int, scratch: Path) -> dict:
     """One ``fit_folds`` over every row (no validation split); per-epoch figures."""
-    from distributed.config import default_config
-    from distributed.trainer import Resources, fit_folds
+    from distributed.core.config import default_config
+    from distributed.training.launch import Resources, fit_folds
 
     tcfg = default_config(
         "facial",

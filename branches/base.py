@@ -120,7 +120,7 @@ class Branch(ABC):
     train_defaults: dict  # optimisation defaults (TrainConfig fields) of the paper
     model_defaults: dict = {}  # model name -> flat defaults that differ (the published baselines)
     smoke: dict  # flat overrides of a smoke run (a tiny model, a few epochs)
-    space: dict  # search space (see distributed.search_space)
+    space: dict  # search space (see distributed.search.space)
     start: list  # points evaluated first (the paper's)
     smoke_space: dict
     smoke_start: list

@@ -2,7 +2,7 @@
 
 These are the deterministic steps that run once, offline (decode, detect, crop, resize; read and
 fill joints). The Ray job (``distributed.preprocess``) calls them per planned shard, and
-prediction (``distributed.predictor``) calls the very same functions on new inputs, so a
+prediction (``distributed.inference.predictor``) calls the very same functions on new inputs, so a
 predicted item is preprocessed exactly as its training data was.
 """
 

@@ -369,3 +369,29 @@ def scan_ferv39k(root: str | Path) -> LayoutScan:
         return _frame_folder(clips, [clip])
 
     return _assemble(root, FERV39K_NAME, FERV39K_CLASSES, [(train, test)], skipped, resolve)
+
+
+# ---------------------------------------------------------------- the registry
+
+
+class Release(NamedTuple):
+    """A dataset release whose own files name its classes and its official outer folds: the
+    reader, and what preprocessing and ``distributed.folds`` say about it."""
+
+    key: str  # --layout and --protocol name
+    scan: Callable[[str], LayoutScan]
+    title: str
+
+
+RELEASES: dict[str, Release] = {
+    r.key: r
+    for r in (
+        Release("dfew", scan_dfew, DFEW_NAME),
+        Release("mafw", scan_mafw, MAFW_NAME),
+        Release("ferv39k", scan_ferv39k, FERV39K_NAME),
+    )
+}
+# Every --layout preprocessing reads: the three generic ones (datasets.sources), then the
+# releases. Adding a release is one entry above and its reader.
+LAYOUTS: tuple[str, ...] = ("ckplus", "list", "folders", *RELEASES)
+VIDEO_ONLY: tuple[str, ...] = ("ckplus", *RELEASES)  # hold videos / image sequences (faces)

@@ -163,12 +163,11 @@ def default_to_keep(root: str, key: str) -> str | None:
     return old if old in stored else key if key in stored else None
 
 
-OFFICIAL_PROTOCOLS = ("dfew", "mafw", "ferv39k")  # a release's own split; its clips name no subject
-
-
 def no_protocol_hint(root: str, layout: str = "") -> str:
     """How to write folds for shards that have none (only protocols their layout can fill)."""
-    if layout in OFFICIAL_PROTOCOLS:
+    from datasets.layouts import RELEASES  # a release's own split; its clips name no subject
+
+    if layout in RELEASES:
         how = f"--protocol {layout} --inner-folds J`"
     else:
         how = (

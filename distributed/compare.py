@@ -1,8 +1,5 @@
 """Compare finished searches on the same outer test folds: paired tests and intervals.
 
-    python -m distributed.compare RUN RUN [RUN ...] [--names A,B,...] [--out DIR]
-        [--format md|csv|latex] [--resamples N] [--seed S]
-
 Each RUN is a finished ``distributed.tune`` run (``STORAGE/NAME``, a folder or a URI). Its
 ``results/predictions.csv`` (one row per outer-test item) and ``search.json`` (what the run
 depended on) are read. Runs on other shards, another protocol or other classes are refused with
@@ -12,7 +9,7 @@ UAR, mean ± std, 95% bootstrap intervals, per pair the paired t-test and exact 
 over folds, McNemar's exact test on the items, the interval of the difference, per-class recall,
 and a sentence on what can be concluded), ``compare.png``, and with ``--format csv`` or
 ``latex`` also ``compare.csv`` or ``compare.tex`` (printed as well). The statistics:
-``distributed.comparison``.
+``distributed.results.comparison``.
 """
 
 from __future__ import annotations
@@ -23,11 +20,18 @@ import posixpath
 import sys
 
 from datasets import storage
-from distributed import cli
-from distributed.comparison import CompareError, Run, compare, latex, markdown, read_predictions
-from distributed.comparison import table_rows as csv_rows
-from distributed.report import PREDICTIONS, _csv
-from distributed.search_run import SEARCH_FILE
+from distributed.core import commands
+from distributed.results.comparison import (
+    CompareError,
+    Run,
+    compare,
+    latex,
+    markdown,
+    read_predictions,
+)
+from distributed.results.comparison import table_rows as csv_rows
+from distributed.results.report import PREDICTIONS, _csv
+from distributed.search.run_record import SEARCH_FILE
 
 
 def read_run(path: str, name: str) -> Run:
@@ -36,16 +40,16 @@ def read_run(path: str, name: str) -> Run:
     preds = storage.join(root, "results", PREDICTIONS)
     if not storage.exists(preds):
         if storage.exists(storage.join(root, "results", "report.md")):
-            raise cli.UsageError(
+            raise commands.UsageError(
                 f"{root}: no results/{PREDICTIONS} (a run from before per-item predictions were "
                 "kept); run it again to compare it"
             )
-        raise cli.UsageError(f"{root}: not a finished distributed.tune run (no results/)")
+        raise commands.UsageError(f"{root}: not a finished distributed.tune run (no results/)")
     try:
         record = json.loads(storage.read_bytes(storage.join(root, SEARCH_FILE)))
         fingerprint = record["fingerprint"]
     except (OSError, FileNotFoundError, ValueError, KeyError) as err:
-        raise cli.UsageError(f"{root}: no readable {SEARCH_FILE} ({err})") from None
+        raise commands.UsageError(f"{root}: no readable {SEARCH_FILE} ({err})") from None
     classes, folds = read_predictions(storage.read_bytes(preds).decode(), preds)
     model = str(fingerprint.get("config", {}).get("model", ""))
     return Run(name, root, classes, folds, fingerprint, model)
@@ -55,7 +59,7 @@ def _names(paths: list[str], given: str | None) -> list[str]:
     if given:
         names = [n.strip() for n in given.split(",")]
         if len(names) != len(paths) or len(set(names)) != len(names) or not all(names):
-            raise cli.UsageError(
+            raise commands.UsageError(
                 f"--names: {len(paths)} distinct names expected (one per run), got {given!r}"
             )
         return names
@@ -66,12 +70,12 @@ def _names(paths: list[str], given: str | None) -> list[str]:
 
 
 def run_compare(args: argparse.Namespace) -> str:
-    from distributed.plots import comparison_png
+    from distributed.results.plots import comparison_png
 
     if len(args.runs) < 2:
-        raise cli.UsageError("give at least two runs to compare")
+        raise commands.UsageError("give at least two runs to compare")
     if len(set(args.runs)) != len(args.runs):
-        raise cli.UsageError("the same run is given twice")
+        raise commands.UsageError("the same run is given twice")
     names = _names(args.runs, args.names)
     runs = [read_run(p, n) for p, n in zip(args.runs, names)]  # (nothing created for bad runs)
     out = args.out if storage.is_uri(args.out) else posixpath.abspath(args.out)
@@ -79,7 +83,7 @@ def run_compare(args: argparse.Namespace) -> str:
     try:
         result = compare(runs, n_boot=args.resamples, seed=args.seed)
     except CompareError as err:
-        raise cli.UsageError(str(err)) from None
+        raise commands.UsageError(str(err)) from None
     text = markdown(result)
     write = storage.atomic_write_bytes
     write(storage.join(out, "compare.md"), text.encode())
@@ -99,7 +103,7 @@ def run_compare(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
+    p = commands.Parser(
         prog="python -m distributed.compare",
         description=__doc__.split("\n\n")[0],
     )
@@ -108,15 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare", help="folder for compare.md/.png (path or URI)")
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md",
                    help="what is printed (csv and latex are also written)")  # fmt: skip
-    p.add_argument("--resamples", type=cli.count, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=cli.natural, default=0, help="bootstrap seed")
+    p.add_argument("--resamples", type=commands.count, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=commands.natural, default=0, help="bootstrap seed")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return cli.run_stoppable(
-        lambda: (run_compare(args), 0)[1], cli.start_over("distributed.compare", argv)
+    return commands.run_stoppable(
+        lambda: (run_compare(args), 0)[1], commands.start_over("distributed.compare", argv)
     )
 
 

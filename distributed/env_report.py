@@ -1,7 +1,5 @@
 """What PyTorch sees on this machine: torch, its CUDA / cuDNN / NCCL, the GPUs and their driver.
 
-    python -m distributed.env_report [--expect-gpu]
-
 ``cluster.yaml`` runs it at the end of every node's setup, so ``ray up`` (and the autoscaler's
 log, ``ray monitor cluster.yaml``) shows which wheel each node got and which driver it met;
 ``docs/cluster.md`` says how to read the lines. No Ray is imported.

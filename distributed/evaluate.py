@@ -1,7 +1,5 @@
 """Evaluate a model checkpoint on one fold of a shard folder.
 
-    python -m distributed.evaluate --checkpoint PATH --shards DIR --fold I [--inner J] [--out DIR]
-
 Scores the outer test fold I (or, with ``--inner J``, the validation split of inner split J):
 WAR, UAR, per-class precision/recall, the confusion matrix as PNG and CSV, and a JSON summary.
 Evaluation is deterministic (the evaluation clips) and reads the shards row group by row group.
@@ -23,9 +21,9 @@ from branches import get_branch
 from datasets import storage
 from datasets.manifest import ManifestError, read_manifest, read_protocol
 from datasets.protocols import ProtocolError
-from distributed import cli
-from distributed.checkpoint import load_model
-from distributed.evaluation import predict_fold, summarise, write_report
+from distributed.core import commands
+from distributed.inference.evaluation import predict_fold, summarise, write_report
+from distributed.training.checkpoint import load_model
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ def check_preprocessing(mf, manifest, shards: str, checkpoint: str) -> None:
     }
     if diff:
         said = ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
-        raise cli.UsageError(
+        raise commands.UsageError(
             f"{shards} were preprocessed otherwise than {checkpoint}'s training "
             f"data ({said}, checkpoint vs shards); preprocess them the same way, "
             "or pass --allow-other-preprocessing"
@@ -99,12 +97,12 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
     mf = load_model(storage.read_bytes(args.checkpoint), args.device, name=args.checkpoint)
     manifest = read_manifest(args.shards)
     if manifest.kind != mf.config.branch:  # (no --allow-... flag: the rows cannot be read)
-        raise cli.UsageError(
+        raise commands.UsageError(
             f"{args.checkpoint} is a {mf.config.branch} model and {args.shards} hold "
             f"{manifest.kind} shards; score it on {mf.config.branch} shards"
         )
     if tuple(manifest.classes) != tuple(mf.classes):
-        raise cli.UsageError(
+        raise commands.UsageError(
             f"{args.shards}: classes {list(manifest.classes)} differ from the "
             f"checkpoint's {list(mf.classes)}"
         )
@@ -122,7 +120,7 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
             file=sys.stderr,
         )
     elif trained & set(ids) and not args.allow_train_rows:
-        raise cli.UsageError(
+        raise commands.UsageError(
             f"{args.checkpoint} was trained on {how}: {len(trained & set(ids))} of the "
             f"{len(ids)} rows to score trained it, so they are not test data; score --fold "
             f"{mf.trained_on.outer}, the fold it was held out on, or pass --allow-train-rows to "
@@ -146,7 +144,7 @@ def evaluate(args: EvaluateArgs) -> tuple[dict, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
+    p = commands.Parser(
         prog="python -m distributed.evaluate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -183,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:12s} precision {p_:.3f}  recall {r_:.3f}")
         return 0
 
-    return cli.run_stoppable(body, cli.start_over("distributed.evaluate", argv))
+    return commands.run_stoppable(body, commands.start_over("distributed.evaluate", argv))
 
 
 if __name__ == "__main__":

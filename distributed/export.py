@@ -1,8 +1,5 @@
 """Export a trained checkpoint to a deployable graph: ``torch.export`` or TorchScript.
 
-    python -m distributed.export --checkpoint CKPT --out FILE [--format exported|torchscript]
-        [--batch 2]
-
 Inputs are what the branch's model takes (the branch builds the example): facial models take
 ``(B, C, K, 3, S, S)`` uint8 clips (C, K from the checkpoint's model config, S its crop size;
 build them with ``datasets.clips.sample_clips`` on face crops, as prediction does); gesture
@@ -42,9 +39,9 @@ from torch import nn
 
 from branches import get_branch
 from datasets import storage
-from distributed import cli
-from distributed.checkpoint import ModelFile, load_model
-from distributed.steps import head_probs
+from distributed.core import commands
+from distributed.training.checkpoint import ModelFile, load_model
+from distributed.training.steps import head_probs
 
 META = "emovis.json"
 FORMATS = ("exported", "torchscript")
@@ -175,7 +172,7 @@ def export_checkpoint(checkpoint, out: str, fmt: str = "exported", batch: int = 
             torch.jit.save(traced, buf, _extra_files=extra)  # Python ops fail here, not above
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
-            raise cli.UsageError(
+            raise commands.UsageError(
                 f"{cfg.model.name} cannot be saved as TorchScript ({first}); use --format exported"
             ) from None
         storage.atomic_write_bytes(out, buf.getvalue())
@@ -239,7 +236,7 @@ def run_exported_on(path: str, device: str, batch: int = 3, seed: int = 0) -> di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
+    p = commands.Parser(
         prog="python -m distributed.export",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -248,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.pt2 or .ts by convention)")
     p.add_argument("--format", choices=FORMATS, default="exported")
     p.add_argument(
-        "--batch", type=cli.count, default=2, help="example batch used to trace (at least 2 are)"
+        "--batch",
+        type=commands.count,
+        default=2,
+        help="example batch used to trace (at least 2 are)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the eager/exported comparison")
     return p
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        cli.check_output_file(args.out, "--out")  # before the export, not after it
+        commands.check_output_file(args.out, "--out")  # before the export, not after it
         meta = export_checkpoint(args.checkpoint, args.out, args.format, args.batch)
         print(f"{meta['kind']} model ({meta['model']}) -> {args.out} [{args.format}]")
         print(f"input {meta['input_dtype']} {meta['input_shape']}; outputs {meta['outputs']}")
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         return 0
 
-    return cli.run_stoppable(body, cli.start_over("distributed.export", argv))
+    return commands.run_stoppable(body, commands.start_over("distributed.export", argv))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,5 @@
 """Folds as a step of their own: (re)write an evaluation protocol of a shard folder.
 
-    python -m distributed.folds SHARDS --protocol subjects [--folds 5] [--inner-folds 3] [--seed 0]
-    python -m distributed.folds SHARDS --protocol lists --fold-lists DIR [--inner-folds 3]
-    python -m distributed.folds SHARDS --protocol dfew|mafw|ferv39k [--source ROOT]
-    python -m distributed.folds SHARDS --list
-
 Reads only the id, subject and label columns of the shards (never the frames) and writes
 ``SHARDS/protocols/<name>.json``: outer folds with their ``train`` and ``test`` ids and inner
 ``train``/``val`` splits drawn inside each outer training set (subject-disjoint when the items
@@ -29,6 +24,7 @@ import time
 from dataclasses import dataclass, replace
 
 from datasets import protocols, shards
+from datasets.layouts import RELEASES
 from datasets.manifest import (
     Manifest,
     list_protocols,
@@ -38,10 +34,9 @@ from datasets.manifest import (
 )
 from datasets.protocols import Protocol, ProtocolError
 from datasets.records import BadInput, SourceItem
-from distributed import cli
+from distributed.core import commands
 
-OFFICIAL = ("dfew", "mafw", "ferv39k")
-KEYS = ("subjects", "lists", *OFFICIAL)
+KEYS = ("subjects", "lists", *RELEASES)
 
 
 @dataclass(frozen=True)
@@ -67,10 +62,7 @@ def shard_items(root: str) -> list[SourceItem]:
 
 
 def _official(key: str, source: str, items: list[SourceItem], args: FoldsArgs) -> Protocol:
-    from datasets import layouts
-
-    scan = {"dfew": layouts.scan_dfew, "mafw": layouts.scan_mafw,
-            "ferv39k": layouts.scan_ferv39k}[key](source)  # fmt: skip
+    scan = RELEASES[key].scan(source)
     have = {it.id for it in items}
     folds = [(tuple(i for i in f.train if i in have), tuple(i for i in f.test if i in have))
              for f in scan.folds]  # fmt: skip
@@ -104,7 +96,9 @@ def build_protocol(args: FoldsArgs, manifest: Manifest, items: list[SourceItem])
         from datasets.reference_lists import reference_folds
 
         if not args.fold_lists:
-            raise cli.UsageError("--protocol lists needs --fold-lists DIR (trainN.txt/evalN.txt)")
+            raise commands.UsageError(
+                "--protocol lists needs --fold-lists DIR (trainN.txt/evalN.txt)"
+            )
         ref = reference_folds(args.fold_lists, items, manifest.classes)
         if ref.unlisted:
             print(f"note: {len(ref.unlisted)} item(s) of the shards are in no list and take no "
@@ -115,12 +109,14 @@ def build_protocol(args: FoldsArgs, manifest: Manifest, items: list[SourceItem])
         return protocols.from_lists([(f.train, f.test) for f in ref.folds],
                                     [it for it in items if it.id in listed], args.inner_folds,
                                     args.seed, name=name)  # fmt: skip
-    if key in OFFICIAL:
+    if key in RELEASES:
         source = args.source or manifest.source
         if not source:
-            raise cli.UsageError(f"--protocol {key} needs --source (the release's root folder)")
+            raise commands.UsageError(
+                f"--protocol {key} needs --source (the release's root folder)"
+            )
         return _official(key, source, items, args)
-    raise cli.UsageError(f"unknown protocol {key!r}; choose one of {', '.join(KEYS)}")
+    raise commands.UsageError(f"unknown protocol {key!r}; choose one of {', '.join(KEYS)}")
 
 
 def write_folds(args: FoldsArgs) -> tuple[str, Protocol, float]:
@@ -141,9 +137,9 @@ def write_folds(args: FoldsArgs) -> tuple[str, Protocol, float]:
 
 def check_fold_flags(folds: int, inner_folds: int, seed: int) -> None:
     """Refuse fold counts (and a seed) that make no sense, before any work (``UsageError``)."""
-    cli.at_least("--folds", folds, 2, "outer folds")
-    cli.at_least("--inner-folds", inner_folds, 2, "inner train/val splits per outer fold")
-    cli.at_least("--seed", seed, 0)
+    commands.at_least("--folds", folds, 2, "outer folds")
+    commands.at_least("--inner-folds", inner_folds, 2, "inner train/val splits per outer fold")
+    commands.at_least("--seed", seed, 0)
 
 
 def print_warnings(protocol: Protocol) -> None:
@@ -200,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path, protocol, seconds = write_folds(args)
         except ProtocolError as err:
-            raise cli.UsageError(f"{args.shards}: {err}") from None
+            raise commands.UsageError(f"{args.shards}: {err}") from None
         print_warnings(protocol)
         print(f"{describe(protocol)} -> {path} ({seconds:.2f} s)")
         return 0
 
-    return cli.run(body)
+    return commands.run(body)
 
 
 if __name__ == "__main__":

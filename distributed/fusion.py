@@ -1,9 +1,5 @@
 """Late fusion of the facial and body-gesture branches, with the weight chosen on inner folds.
 
-    python -m distributed.fusion --facial-shards DIR --gesture-shards DIR [--folds K] [--inner J]
-        [--facial-run RUN --gesture-run RUN] [--workers N] [--storage DIR] [--out DIR]
-        [--rule log|linear] [--smoke] [--verbose]
-
 Items that have both modalities are paired by id (``<label>/<stem>``: preprocess one folder of
 videos once for faces and once with ``--pose mediapipe`` for bodies, or write both sources with
 the same label folders and stems). Both shard folders must hold the same default protocol (the
@@ -41,9 +37,17 @@ import numpy as np
 from datasets import shards, storage
 from datasets.manifest import read_manifest, read_protocol
 from datasets.protocols import Protocol
-from distributed import console
-from distributed.console import clock, current
-from distributed.fusion_rules import EPS, RULES, choose_weight, fuse, markdown, pair, scores
+from distributed.core import console
+from distributed.core.console import clock, current
+from distributed.inference.late_fusion import (
+    EPS,
+    RULES,
+    choose_weight,
+    fuse,
+    markdown,
+    pair,
+    scores,
+)
 
 __all__ = ["EPS", "RULES", "choose_weight", "fuse", "markdown", "pair", "run_fusion", "scores"]
 
@@ -75,9 +79,9 @@ def branch_predictions(
     not tuned: then every split trains in ONE fit). ``final_models`` (outer fold -> model file,
     a tune run's ``models/outer{k}.pt``) replaces training on the outer training fold: the test
     predictions come from that model."""
-    from distributed.checkpoint import TrainedOn, load_model
-    from distributed.evaluation import predict_fold
-    from distributed.trainer import FoldSpec, Resources, fit_folds, prepare_datasets
+    from distributed.inference.evaluation import predict_fold
+    from distributed.training.checkpoint import TrainedOn, load_model
+    from distributed.training.launch import FoldSpec, Resources, fit_folds, prepare_datasets
 
     have = set(shards.read_table(root, columns=["id"])["id"].to_pylist())
     final_models = final_models or {}
@@ -126,7 +130,7 @@ def branch_predictions(
 def tuned_configs(run: str, outers) -> tuple[dict, dict]:
     """(outer -> the configuration a ``distributed.tune`` run chose for it, outer -> its final
     model file), from the run's ``results/best_config.json`` and ``models/``."""
-    from distributed.config import TrainConfig
+    from distributed.core.config import TrainConfig
 
     path = storage.join(run, "results", "best_config.json")
     if not storage.exists(path):
@@ -268,7 +272,7 @@ def run_fusion(
 def fusion_intervals(items: list, classes: list[str]) -> dict:
     """95% bootstrap intervals (test items resampled within each outer fold, the same draw for
     every branch) of each branch's mean WAR and UAR, and of fused minus the better branch."""
-    from distributed.comparison import Fold, Run, bootstrap, interval
+    from distributed.results.comparison import Fold, Run, bootstrap, interval
 
     runs = [
         Run(key, "", classes, {o: Fold(np.asarray(ids), np.asarray(y), probs[key].argmax(1))
@@ -322,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from branches import get_branch
-    from distributed import cli
-    from distributed.common import init_ray
-    from distributed.config import default_config, load_overrides
+    from distributed.core import commands
+    from distributed.core.config import default_config, load_overrides
+    from distributed.core.runtime import init_ray
 
     args = build_parser().parse_args(argv)
 
@@ -362,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 facial_run=args.facial_run,
                 gesture_run=args.gesture_run,
             )
-        from distributed.report import _csv
+        from distributed.results.report import _csv
 
         rows = report.pop("predictions")
         storage.atomic_write_bytes(storage.join(out, "predictions.csv"), _csv(rows))
@@ -376,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        return cli.run_stoppable(body, cli.start_over("distributed.fusion", argv))
+        return commands.run_stoppable(body, commands.start_over("distributed.fusion", argv))
     except ValueError as err:  # mismatched shard folders or runs: the message says which
         print(f"error: {err}", file=sys.stderr)
         return 2

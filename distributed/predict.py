@@ -1,11 +1,5 @@
 """Predict emotions on new videos, image sequences or joint files with a trained checkpoint.
 
-    python -m distributed.predict PATH... --checkpoint CKPT [--out FILE.json|FILE.csv]
-        [--plot PNG_OR_DIR] [--batch] [--clips N] [--actors N] [--device cpu|cuda]
-        [--gpus-per-actor G]
-    python -m distributed.predict VIDEO... --checkpoint FACE.pt --checkpoint BODY.pt
-        [--fusion-weight W | --fusion-report fusion.json]
-
 Each PATH is a video, an image-sequence folder, a joint file (.npz/.npy/.csv/.txt or an OpenPose
 folder) or a folder of such items (searched recursively). The checkpoint says which branch it
 belongs to and how its training data was preprocessed (face detector, crop size, detection
@@ -22,8 +16,9 @@ Failures never stop the run: an unreadable file gets an ``error`` entry and the 
 A video in which the detector finds no face is still predicted from the centre crop (the shard
 job keeps such videos the same way) and carries a warning. The exit code is 1 only when nothing
 could be predicted. More than ``--batch-threshold`` items (or ``--batch``) run as a Ray Data job
-(``distributed.predict_batch``); smaller inputs run in this process without Ray. The Python API
-is ``distributed.predictor.Predictor``.
+(``distributed.inference.batch_predict``); smaller inputs run in this process without Ray. The
+Python API
+is ``distributed.inference.predictor.Predictor``.
 
 ``--device cuda``: in this process the model runs on this machine's GPU; as a Ray Data job
 this process (a cluster's head, say) reads the checkpoint on the CPU only and every model actor
@@ -47,10 +42,10 @@ import numpy as np
 import torch
 
 from datasets import storage
-from distributed import cli
-from distributed.predict_batch import actor_resources
-from distributed.predict_outputs import predict_local, write_outputs
-from distributed.predictor import Prediction, Predictor
+from distributed.core import commands
+from distributed.inference.batch_predict import actor_resources
+from distributed.inference.outputs import predict_local, write_outputs
+from distributed.inference.predictor import Prediction, Predictor
 
 __all__ = ["Prediction", "Predictor", "discover", "main"]
 
@@ -121,7 +116,7 @@ class PredictArgs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
+    p = commands.Parser(
         prog="python -m distributed.predict",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -144,17 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results file: .json (default layout) or .csv (long table)")
     p.add_argument("--plot", help="PNG file (one item) or folder: probabilities over time")
     p.add_argument(
-        "--clips", type=cli.count, default=None, help="clips in the timeline (default: C)"
+        "--clips", type=commands.count, default=None, help="clips in the timeline (default: C)"
     )
     p.add_argument("--batch", action="store_true", help="always run as a Ray Data job")
     p.add_argument(
         "--batch-threshold",
-        type=cli.natural,
+        type=commands.natural,
         default=32,
         help="use Ray Data from this many items on (default 32)",
     )
-    p.add_argument("--actors", type=cli.count, default=1, help="model actors in the Ray Data pool")
-    p.add_argument("--batch-size", type=cli.count, default=8)
+    p.add_argument(
+        "--actors", type=commands.count, default=1, help="model actors in the Ray Data pool"
+    )
+    p.add_argument("--batch-size", type=commands.count, default=8)
     p.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda")
     p.add_argument(
         "--gpus-per-actor",
@@ -176,7 +173,7 @@ def _load(path: str, args: PredictArgs) -> tuple[bytes, Predictor]:
         data = storage.read_bytes(path)
         return data, Predictor.from_checkpoint(data, "cpu", args.clips)
     except Exception as err:  # unreadable, not a checkpoint, unknown model, ...
-        raise cli.UsageError(f"{path}: cannot load the checkpoint ({err})") from None
+        raise commands.UsageError(f"{path}: cannot load the checkpoint ({err})") from None
 
 
 def _on_device(predictor: Predictor, device: str) -> Predictor:
@@ -187,7 +184,9 @@ def _on_device(predictor: Predictor, device: str) -> Predictor:
         model = predictor.mf.model.to(device)
     except (RuntimeError, AssertionError) as err:  # torch says AssertionError on a CPU build
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise cli.UsageError(f"--device {device}: not usable on this machine ({first})") from None
+        raise commands.UsageError(
+            f"--device {device}: not usable on this machine ({first})"
+        ) from None
     return Predictor(replace(predictor.mf, model=model), device, predictor.timeline_clips)
 
 
@@ -197,14 +196,16 @@ def _writable_folder(path: str, flag: str) -> None:
     try:
         storage.ensure_writable_dir(path, f"{flag} folder")
     except BadInput as err:
-        raise cli.UsageError(f"{flag} {path}: {err.reason}") from None
+        raise commands.UsageError(f"{flag} {path}: {err.reason}") from None
 
 
 def fusion_weight(args: PredictArgs) -> float:
     """w for two checkpoints: --fusion-weight, or the mean w a fusion report chose per fold."""
     if args.fusion_weight is not None:
         if not 0.0 <= args.fusion_weight <= 1.0:
-            raise cli.UsageError(f"--fusion-weight must be in [0, 1], got {args.fusion_weight}")
+            raise commands.UsageError(
+                f"--fusion-weight must be in [0, 1], got {args.fusion_weight}"
+            )
         return args.fusion_weight
     if args.fusion_report:
         import json
@@ -213,7 +214,7 @@ def fusion_weight(args: PredictArgs) -> float:
             folds = json.loads(storage.read_bytes(args.fusion_report))["folds"]
             return float(sum(f["w"] for f in folds) / len(folds))
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as err:
-            raise cli.UsageError(
+            raise commands.UsageError(
                 f"{args.fusion_report}: not a fusion.json report ({err})"
             ) from None
     return 0.5
@@ -223,19 +224,19 @@ def predict_pair(args: PredictArgs) -> tuple[list[dict], Predictor]:
     """A face and a body checkpoint on the same inputs: each redoes its own preprocessing (face
     crops; pose estimation for a body model trained on --pose shards), then the log-linear
     fusion of ``distributed.fusion`` with weight w."""
-    from distributed.fusion_rules import fuse
+    from distributed.inference.late_fusion import fuse
 
     loaded = [_on_device(_load(path, args)[1], args.device) for path in args.checkpoint]
     branches = {p.branch.name for p in loaded}
     if len(branches) != 2:
-        raise cli.UsageError(
+        raise commands.UsageError(
             "two --checkpoint files must be of two branches (a face and a body "
             f"model), got {sorted(p.branch.name for p in loaded)}"
         )
     face = next(p for p in loaded if p.branch.reads_video)
     body = next(p for p in loaded if p is not face)
     if face.class_names != body.class_names:
-        raise cli.UsageError(
+        raise commands.UsageError(
             f"the checkpoints' classes differ: {face.class_names} vs {body.class_names}"
         )
     w = fusion_weight(args)
@@ -269,14 +270,14 @@ def predict_pair(args: PredictArgs) -> tuple[list[dict], Predictor]:
 def predict(args: PredictArgs) -> tuple[list[dict], Predictor]:
     """Every item the arguments name, predicted; returns (results, predictor)."""
     if args.clips is not None and args.clips < 1:
-        raise cli.UsageError("--clips must be >= 1")
+        raise commands.UsageError("--clips must be >= 1")
     if len(args.checkpoint) > 2:
-        raise cli.UsageError("give one --checkpoint, or two (a face and a body model)")
+        raise commands.UsageError("give one --checkpoint, or two (a face and a body model)")
     actor_resources(args.device, args.gpus_per_actor)  # a bad --gpus-per-actor fails first
     if args.out:  # outputs are checked before the work, not after it
-        cli.check_output_file(args.out, "--out")
+        commands.check_output_file(args.out, "--out")
     if args.plot and args.plot.endswith(".png"):
-        cli.check_output_file(args.plot, "--plot")
+        commands.check_output_file(args.plot, "--plot")
     elif args.plot:
         _writable_folder(args.plot, "--plot")
     if len(args.checkpoint) == 2:
@@ -286,7 +287,7 @@ def predict(args: PredictArgs) -> tuple[list[dict], Predictor]:
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if args.batch or len(items) >= args.batch_threshold:
-        from distributed.predict_batch import predict_ray
+        from distributed.inference.batch_predict import predict_ray
 
         results = predict_ray(
             data,
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n_ok} of {len(results)} items predicted", file=sys.stderr)
         return 0 if n_ok else 1
 
-    return cli.run_stoppable(body, cli.start_over("distributed.predict", argv))
+    return commands.run_stoppable(body, commands.start_over("distributed.predict", argv))
 
 
 if __name__ == "__main__":

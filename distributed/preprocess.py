@@ -1,14 +1,12 @@
 """Raw videos / joint files -> Parquet shards, as a job of Ray tasks.
 
-    python -m distributed.preprocess BRANCH --source DIR --layout {ckplus,list,folders} --out SHARDS
-
 BRANCH is facial (videos or image sequences; ckplus is facial only) or gesture (joint files).
 
 The per-item work (decode, detect, crop; read and fill joints) is the branch's own function in
 ``datasets/items.py``; this module is the Ray job around it. Items are planned into shards of
 ``--per-shard`` items (sorted by id, so the plan is stable); one Ray task turns one planned shard
 into one Parquet file (temporary name, then rename) plus a small summary file
-(``distributed/shard_tasks.py``). Re-running over
+(``distributed/preprocessing/tasks.py``). Re-running over
 the same output keeps finished shards and does only the rest; SIGINT (Ctrl-C) or SIGTERM stops
 the job, keeps its finished shards and names, in one line, the command that continues (exit 130
 or 143). A bad item is skipped, counted and reported with its reason (so is a joint file of
@@ -28,15 +26,16 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from branches import BRANCHES, Branch, get_branch
+from branches import BRANCH_HELP, Branch, branch_arg, get_branch
 from datasets import shards, sources, storage
 from datasets.items import JOINT_EXTENSIONS
+from datasets.layouts import LAYOUTS, RELEASES, VIDEO_ONLY
 from datasets.manifest import Counts, Manifest, default_to_keep, write_manifest
 from datasets.protocols import ProtocolError
 from datasets.records import BadInput
-from distributed import cli
-from distributed.common import git_commit, init_ray, print_table
-from distributed.console import Bar
+from distributed.core import commands
+from distributed.core.console import Bar
+from distributed.core.runtime import git_commit, init_ray, print_table
 from distributed.folds import (
     FoldsArgs,
     check_fold_flags,
@@ -45,16 +44,13 @@ from distributed.folds import (
     rewrite_hint,
     write_folds,
 )
-from distributed.shard_tasks import (
+from distributed.preprocessing.tasks import (
     check_plan,
     finished_shards,
     plan_shards,
     run_tasks,
     summary_path,
 )
-
-LAYOUTS = ("ckplus", "list", "folders", "dfew", "mafw", "ferv39k")
-OFFICIAL_LAYOUTS = ("dfew", "mafw", "ferv39k")
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ class PreprocessArgs:
         try:
             return branch.options_type(**{k: v for k, v in asdict(self).items() if k in names})
         except ValueError as err:
-            raise cli.UsageError(str(err)) from None
+            raise commands.UsageError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -108,18 +104,12 @@ class SourceScan:
 def scan(branch: Branch, args: PreprocessArgs) -> SourceScan:
     """Find the items of a source folder."""
     source, layout = args.source, args.layout
-    if layout in ("ckplus", *OFFICIAL_LAYOUTS) and not branch.reads_video:
+    if layout in VIDEO_ONLY and not branch.reads_video:
         raise BadInput(
             source, f"the {layout} layout holds videos / image sequences, not {branch.name} inputs"
         )
-    if layout in OFFICIAL_LAYOUTS:
-        from datasets import layouts
-
-        found = {
-            "dfew": layouts.scan_dfew,
-            "mafw": layouts.scan_mafw,
-            "ferv39k": layouts.scan_ferv39k,
-        }[layout](source)
+    if layout in RELEASES:
+        found = RELEASES[layout].scan(source)
         return SourceScan(list(found.items), list(found.skipped), tuple(found.classes), layout)
     protocol = "lists" if args.fold_lists else "subjects"
     if layout == "ckplus":
@@ -147,23 +137,27 @@ def class_list(text: str | None) -> tuple[str, ...] | None:
         return None
     names = tuple(c.strip() for c in text.split(",") if c.strip())
     if len(set(names)) != len(names) or not names:
-        raise cli.UsageError(f"--classes {text!r}: give distinct class names separated by commas")
+        raise commands.UsageError(
+            f"--classes {text!r}: give distinct class names separated by commas"
+        )
     return names
 
 
 def check_flags(args: PreprocessArgs) -> None:
     """Refuse numbers and patterns that make no sense before any work (``UsageError``); the
     branch's options check their own (``--size``, ``--every``, ``--max-frames``, ...)."""
-    cli.at_least("--per-shard", args.per_shard, 1, "items per shard")
-    cli.at_least("--num-cpus", args.num_cpus, 1, "each shard task takes one")
+    commands.at_least("--per-shard", args.per_shard, 1, "items per shard")
+    commands.at_least("--num-cpus", args.num_cpus, 1, "each shard task takes one")
     check_fold_flags(args.folds, args.inner_folds, args.seed)
     if args.subject_pattern is not None:
         try:
             groups = re.compile(args.subject_pattern).groups
         except re.error as err:
-            raise cli.UsageError(f"--subject-pattern {args.subject_pattern!r}: {err}") from None
+            raise commands.UsageError(
+                f"--subject-pattern {args.subject_pattern!r}: {err}"
+            ) from None
         if groups < 1:
-            raise cli.UsageError(f"--subject-pattern {args.subject_pattern!r} has no group: "
+            raise commands.UsageError(f"--subject-pattern {args.subject_pattern!r} has no group: "
                                  "its group 1 is the subject")  # fmt: skip
 
 
@@ -176,7 +170,7 @@ def preprocess(args: PreprocessArgs) -> int:
     try:
         branch.check_options(opts)
     except ImportError as err:  # an optional install is missing: its message says how
-        raise cli.UsageError(str(err)) from None
+        raise commands.UsageError(str(err)) from None
     found = scan(branch, args)
     items, skipped = found.items, [list(s) for s in found.skipped]
     if found.classes is None:  # labels come from folder names or a list: look for typos first
@@ -198,7 +192,7 @@ def preprocess(args: PreprocessArgs) -> int:
         classes = [c for c in classes if c in present]
     if len(classes) < 2:
         n = sum(it.label == classes[0] for it in items)
-        raise cli.UsageError(
+        raise commands.UsageError(
             f"{args.source}: one class is not a classification: found only {classes[0]!r} "
             f"({n} usable item(s), {len(skipped)} skipped); give two or more classes"
         )
@@ -353,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("branch", choices=sorted(BRANCHES))
+    p.add_argument("branch", type=branch_arg, metavar="BRANCH", help=BRANCH_HELP)
     p.add_argument("--source", required=True, help="source folder")
     p.add_argument("--layout", choices=LAYOUTS, default="folders")
     p.add_argument("--labels", help="label list for --layout list: '<relative path> <Label>' lines")
@@ -400,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = PreprocessArgs(**vars(build_parser().parse_args(argv)))
     again = f"python -m distributed.preprocess {shlex.join(argv)}"
-    return cli.run_stoppable(
+    return commands.run_stoppable(
         lambda: preprocess(args),
         lambda: (
             f"{finished_shards(args.out)}; the same command resumes shard by shard, "

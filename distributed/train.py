@@ -1,8 +1,5 @@
 """Distributed training with Ray Train (DDP) from the shards.
 
-    python -m distributed.train {facial,gesture} --shards DIR --fold I [--inner J]
-        [--workers N | --local] [--gpu] [--epochs E] [--config FILE] [--out DIR] [--smoke]
-
 ``--inner J`` trains on inner split J of outer fold I and keeps the epoch that is best on its
 validation split. Without ``--inner`` the model trains on the whole outer training fold for E
 epochs and the last epoch is kept: nothing is ever selected on the outer test fold, which only
@@ -24,11 +21,11 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from branches import BRANCHES, get_branch
+from branches import BRANCH_HELP, branch_arg, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
-from distributed import cli, resources_check
-from distributed.config import TrainConfig, default_config, load_config_file
+from distributed.core import capacity, commands
+from distributed.core.config import TrainConfig, default_config, load_config_file
 
 
 @dataclass(frozen=True)
@@ -84,9 +81,8 @@ def config_from(args: TrainArgs) -> TrainConfig:
 def train(args: TrainArgs, started: dict | None = None):
     """Train one fold as the command line says; returns (Fit, model file path, config).
     ``started`` (when given) receives the run's folder once it is claimed."""
-    from distributed.common import init_ray, node_gpus
-    from distributed.run_file import claim, fold_identity, identity
-    from distributed.trainer import (
+    from distributed.core.runtime import init_ray, node_gpus
+    from distributed.training.launch import (
         Fit,
         Resources,
         export_model,
@@ -97,21 +93,22 @@ def train(args: TrainArgs, started: dict | None = None):
         prepare_datasets,
         trial_placement,
     )
+    from distributed.training.run_file import claim, fold_identity, identity
 
     local = args.local or args.workers == 0
     if local and args.gpu:
         import torch
 
         if not torch.cuda.is_available():
-            raise cli.UsageError("--gpu with --local: this machine has no CUDA device")
+            raise commands.UsageError("--gpu with --local: this machine has no CUDA device")
     try:
         budget = materialize_budget(args.materialize_gib)
     except ValueError as err:
-        raise cli.UsageError(f"--materialize-gib: {err}") from None
+        raise commands.UsageError(f"--materialize-gib: {err}") from None
     cfg = config_from(args)
     manifest = read_manifest(args.shards)
     if manifest.kind != args.branch:
-        raise cli.UsageError(f"{args.shards} holds {manifest.kind} shards, not {args.branch}")
+        raise commands.UsageError(f"{args.shards} holds {manifest.kind} shards, not {args.branch}")
     preset_protocol = load_config_file(args.config, args.branch).protocol
     key, protocol = read_protocol(args.shards, manifest, args.protocol or preset_protocol)
     spec = outer_fold_spec(protocol, key, args.fold, args.inner)
@@ -140,20 +137,20 @@ def train(args: TrainArgs, started: dict | None = None):
     autoscaling = bool(args.address or os.environ.get("RAY_ADDRESS"))
     placement, note = trial_placement(0 if local else args.workers, gpus, node_gpus(), autoscaling)
     resources = Resources(0 if local else args.workers, gpus, args.cpus_per_worker, placement)
-    request = resources_check.Request(
+    request = capacity.Request(
         "the fit", resources.workers, resources.per_worker()["CPU"], gpus, placement,
         workers_flag="--workers", gpus_flag="--gpu",
     )  # fmt: skip
     if not autoscaling:  # (an autoscaling cluster's node types are not known here)
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        why = resources_check.impossible(request, nodes)
+        why = capacity.impossible(request, nodes)
         if why:
-            raise cli.UsageError(why)
+            raise commands.UsageError(why)
     if note:
         print(f"placement: {note}", flush=True)
     test_ids = frozenset(protocol.fold(args.fold).test)
     data = prepare_datasets(args.shards, [spec], test_ids, materialize_bytes=budget)
-    with resources_check.Watch(
+    with capacity.Watch(
         request, lambda: ray.util.placement_group_table().values(), ray.available_resources,
         lambda line: print(line, flush=True),
     ):  # fmt: skip
@@ -162,18 +159,18 @@ def train(args: TrainArgs, started: dict | None = None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
+    p = commands.Parser(
         prog="python -m distributed.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("branch", choices=sorted(BRANCHES))
+    p.add_argument("branch", type=branch_arg, metavar="BRANCH", help=BRANCH_HELP)
     p.add_argument("--shards", required=True, help="shard folder (path or URI)")
     p.add_argument("--fold", type=int, required=True, help="outer fold index")
     p.add_argument("--inner", type=int, default=None, help="inner split index (validation)")
     p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
     p.add_argument(
-        "--workers", type=cli.natural, default=1, help="Ray Train workers (DDP); 0: --local"
+        "--workers", type=commands.natural, default=1, help="Ray Train workers (DDP); 0: --local"
     )
     p.add_argument(
         "--local",
@@ -183,25 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu", action="store_true", help="one GPU per worker (NCCL; the config's precision)"
     )
-    p.add_argument("--cpus-per-worker", type=cli.positive, default=None)
-    p.add_argument("--epochs", type=cli.count, default=None)
+    p.add_argument("--cpus-per-worker", type=commands.positive, default=None)
+    p.add_argument("--epochs", type=commands.count, default=None)
     p.add_argument(
         "--config",
         help="JSON/YAML file of flat config overrides (e.g. lr, frames, depth, head), or a paper "
         "preset (configs/*.yaml; its protocol is the default --protocol)",
     )
     p.add_argument("--model", help="model name (sistcm, resnet_tlstm, accm, cnn)")
-    p.add_argument("--seed", type=cli.natural, default=None)
+    p.add_argument("--seed", type=commands.natural, default=None)
     p.add_argument("--out", default="runs", help="storage path for checkpoints (path or URI)")
     p.add_argument("--name", default=None, help="run name (default: derived from branch and fold)")
     p.add_argument("--smoke", action="store_true", help="tiny model and a few epochs")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument(
-        "--num-cpus", type=cli.positive, default=None, help="CPUs of a local Ray instance"
+        "--num-cpus", type=commands.positive, default=None, help="CPUs of a local Ray instance"
     )
     p.add_argument(
         "--materialize-gib",
-        type=cli.non_negative,
+        type=commands.non_negative,
         default=None,
         help="folds up to this many GiB of stored rows are read once into Ray's object store, "
         "larger ones stream every epoch (default: $EMOVIS_MATERIALIZE_GIB or 2; 0 streams all)",
@@ -230,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def stopped() -> str:
-        from distributed.run_file import history_of, newest_checkpoint
+        from distributed.training.run_file import history_of, newest_checkpoint
 
         again = shlex.join(["python", "-m", "distributed.train", *argv])
         newest = newest_checkpoint(started["run_dir"]) if started else None
@@ -242,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             f": {newest[1]}; no model written; the same command resumes from it: {again}"
         )
 
-    return cli.run_stoppable(body, stopped)
+    return commands.run_stoppable(body, stopped)
 
 
 if __name__ == "__main__":

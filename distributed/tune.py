@@ -1,10 +1,5 @@
 """The main job: nested cross-validated hyperparameter search with Ray Tune + Optuna.
 
-    python -m distributed.tune {facial,gesture} [--shards DIR] [--folds K] [--samples N]
-        [--workers-per-trial W] [--gpus-per-worker G] [--max-concurrent M] [--space FILE]
-        [--storage PATH_OR_URI] [--name NAME] [--resume] [--smoke] [--address ADDR]
-        [--verbose] [--mlflow URI] [--worker-group]
-
 For each outer fold: Optuna (TPE) proposes configurations; a trial trains one configuration on
 every inner, subject-disjoint validation split of that outer fold in ONE TorchTrainer fit and
 reports the running mean of the best validation metric after each split (ASHA stops bad trials
@@ -12,7 +7,8 @@ early on that). The best configuration is then retrained on the whole outer trai
 scored on the outer test fold, which the search never reads. The result is the mean ± std of WAR
 and UAR over outer folds. Without ``--shards`` a synthetic demo set is generated and preprocessed
 through the real pipeline first. ``--resume`` continues an interrupted run of the same name.
-The search itself is ``distributed.search``; this module only turns a command line into a plan.
+The search itself is ``distributed.search.driver``; this module only turns a command line into a
+plan.
 
 The console shows a header, one line per trial event and outer fold, the result and the path of
 ``report.md``; Ray's, Tune's and the workers' output go to ``STORAGE/NAME/logs/`` (``--verbose``
@@ -33,11 +29,12 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from branches import BRANCHES, get_branch
+from branches import BRANCH_HELP, branch_arg, get_branch
 from datasets import storage
 from datasets.manifest import read_manifest, read_protocol
-from distributed import cli, console, resources_check, search_run
-from distributed.config import default_config, load_config_file
+from distributed.core import capacity, commands, console
+from distributed.core.config import default_config, load_config_file
+from distributed.search import run_record
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ def tune(args: TuneArgs, started: dict | None = None) -> str:
     """Plan and run the search the command line asks for; returns report.md's text.
     ``started`` (when given) receives the run's root, outer folds and samples once the run is
     recorded (what an interrupt's line reports and ``--resume`` continues)."""
-    from distributed.search_space import load_space, with_first_point
+    from distributed.search.space import load_space, with_first_point
 
     branch = get_branch(args.branch)
     overrides = dict(branch.smoke) if args.smoke else {}
@@ -95,15 +92,15 @@ def tune(args: TuneArgs, started: dict | None = None) -> str:
     if not args.resume and any(
         storage.exists(storage.join(root, d)) for d in ("outer0", "repeat0")
     ):
-        raise cli.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
+        raise commands.UsageError(f"{root} exists; pass --resume to continue it or a new --name")
     if args.resume:
-        search_run.require_run(root)
+        run_record.require_run(root)
     storage.ensure_writable_dir(root, "--storage folder")
     if args.mlflow:
         try:
             import mlflow  # noqa: F401
         except ImportError:
-            raise cli.UsageError(
+            raise commands.UsageError(
                 "--mlflow needs MLflow: pip install mlflow-skinny (or .[mlflow])"
             ) from None
     if args.mlflow and args.mlflow.startswith("file:"):
@@ -114,43 +111,43 @@ def tune(args: TuneArgs, started: dict | None = None) -> str:
     with console.capture(log_dir, "tune", verbose=args.verbose) as con:
         if con.log_path:
             con.emit(f"log: {con.log_path}{note} (Ray, Tune, workers; --verbose shows them here)")
-        lock = search_run.acquire(root)  # one driver per run; released on errors too
+        lock = run_record.acquire(root)  # one driver per run; released on errors too
         try:
             return _tune(args, branch, base, space, preset, name, root, started)
         finally:
-            search_run.release(lock)
+            run_record.release(lock)
 
 
 def _tune(
     args: TuneArgs, branch, base, space, preset, name: str, root: str, started: dict | None
 ) -> str:
-    from distributed.common import cluster_cpus, cluster_gpus, init_ray, node_gpus
-    from distributed.search import SearchPlan, plan_concurrency, run_search
-    from distributed.trainer import Resources, trial_placement
+    from distributed.core.runtime import cluster_cpus, cluster_gpus, init_ray, node_gpus
+    from distributed.search.driver import SearchPlan, plan_concurrency, run_search
+    from distributed.training.launch import Resources, trial_placement
 
     if args.shards:
         shards_root = args.shards
     else:
-        from distributed.demo import demo_shards
+        from distributed.preprocessing.demo import demo_shards
 
         console.emit("data: the synthetic demo set (generated and preprocessed on first use)")
         shards_root = demo_shards(args.branch, args.smoke)
     manifest = read_manifest(shards_root)
     if manifest.kind != args.branch:
-        raise cli.UsageError(f"{shards_root} holds {manifest.kind} shards, not {args.branch}")
+        raise commands.UsageError(f"{shards_root} holds {manifest.kind} shards, not {args.branch}")
     key, protocol = read_protocol(shards_root, manifest, args.protocol or preset.protocol)
     n_outer = len(protocol.outer)
     folds = args.folds if args.folds is not None else (2 if args.smoke else n_outer)
     outers = list(range(min(folds, n_outer)))
     samples = args.samples if args.samples is not None else (3 if args.smoke else 20)
-    fingerprint = search_run.fingerprint(
+    fingerprint = run_record.fingerprint(
         manifest=manifest, shards=shards_root, protocol_key=key, protocol=protocol, base=base,
         space=space,
     )  # fmt: skip
     if args.repeats > 1:
         fingerprint["repeats"] = args.repeats
     # what the run depends on: a --resume with any other input is refused
-    search_run.check(root, fingerprint, args.resume)
+    run_record.check(root, fingerprint, args.resume)
     if started is not None:
         started.update(root=root, outers=outers, samples=samples, repeats=args.repeats)
 
@@ -160,7 +157,7 @@ def _tune(
         cpus_per_worker = 1.0 if cluster_cpus() >= 8 else 0.5
     autoscaling = bool(args.address or os.environ.get("RAY_ADDRESS"))
     gpus = args.gpus_per_worker
-    request = resources_check.Request(
+    request = capacity.Request(
         "a trial",
         args.workers_per_trial,
         cpus_per_worker,
@@ -219,16 +216,16 @@ def _tune(
     )
     import ray
 
-    with resources_check.Watch(
+    with capacity.Watch(
         request, lambda: ray.util.placement_group_table().values(), ray.available_resources,
         console.emit,
     ):  # fmt: skip
         if args.repeats == 1:
             text = run_search(plan)
         else:
-            from distributed.repeats import run_repeats
+            from distributed.search.repeats import run_repeats
 
-            text = run_repeats(plan, args.repeats, lambda p: search_run.fingerprint(
+            text = run_repeats(plan, args.repeats, lambda p: run_record.fingerprint(
                 manifest=manifest, shards=shards_root, protocol_key=p.protocol_key,
                 protocol=p.protocol, base=p.base, space=space))  # fmt: skip
     result = next((ln.replace("**", "") for ln in text.splitlines() if ln.startswith("**WAR")), "")
@@ -245,35 +242,35 @@ def _refuse_impossible(request, autoscaling: bool) -> None:
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    why = resources_check.impossible(request, nodes)
+    why = capacity.impossible(request, nodes)
     if why:
-        raise cli.UsageError(why)
+        raise commands.UsageError(why)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
+    p = commands.Parser(
         prog="python -m distributed.tune",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("branch", choices=sorted(BRANCHES))
+    p.add_argument("branch", type=branch_arg, metavar="BRANCH", help=BRANCH_HELP)
     p.add_argument("--shards", help="shard folder (default: the synthetic demo set)")
     p.add_argument("--protocol", help="stored protocol (default: the shards' default)")
     p.add_argument(
-        "--folds", type=cli.count, default=None, help="outer folds to run (default: all)"
+        "--folds", type=commands.count, default=None, help="outer folds to run (default: all)"
     )
-    p.add_argument("--samples", type=cli.count, default=None, help="trials per outer fold")
-    p.add_argument("--workers-per-trial", type=cli.count, default=1)
-    p.add_argument("--cpus-per-worker", type=cli.positive, default=None)
+    p.add_argument("--samples", type=commands.count, default=None, help="trials per outer fold")
+    p.add_argument("--workers-per-trial", type=commands.count, default=1)
+    p.add_argument("--cpus-per-worker", type=commands.positive, default=None)
     p.add_argument(
         "--gpus-per-worker",
-        type=cli.non_negative,
+        type=commands.non_negative,
         default=0,
         help="GPUs per worker; a fraction shares a GPU between trials (e.g. 0.5: two trials)",
     )
-    p.add_argument("--max-concurrent", type=cli.count, default=None)
+    p.add_argument("--max-concurrent", type=commands.count, default=None)
     p.add_argument(
-        "--epochs", type=cli.count, default=None, help="epochs per fold (default: config)"
+        "--epochs", type=commands.count, default=None, help="epochs per fold (default: config)"
     )
     p.add_argument(
         "--config",
@@ -287,10 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--smoke", action="store_true", help="tiny models, 3 trials, 2 outer folds, a few epochs"
     )
-    p.add_argument("--seed", type=cli.natural, default=0)
+    p.add_argument("--seed", type=commands.natural, default=0)
     p.add_argument(
         "--repeats",
-        type=cli.count,
+        type=commands.count,
         default=1,
         help="run the whole nested CV this many times: subject-independent folds drawn again "
         "each time, fixed folds (reference lists, official sets) with another training seed",
@@ -309,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to an MLflow tracking URI")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument(
-        "--num-cpus", type=cli.positive, default=None, help="CPUs of a local Ray instance"
+        "--num-cpus", type=commands.positive, default=None, help="CPUs of a local Ray instance"
     )
     return p
 
@@ -326,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def stopped() -> str:
-        from distributed.search import progress
+        from distributed.search.driver import progress
 
         if not started:
             return "nothing was started; run the same command again"
@@ -344,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         return f"{kept}; no report written; continue with: {again}"
 
-    return cli.run_stoppable(body, stopped)
+    return commands.run_stoppable(body, stopped)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ os.environ.update(
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance for the whole session (4 logical CPUs on this 2-core machine)."""
-    from distributed.common import init_ray
+    from distributed.core.runtime import init_ray
 
     ray = init_ray(num_cpus=4)
     yield ray

@@ -3,7 +3,7 @@
 Ray workers import this module by name (the repository root is on their ``PYTHONPATH``), so a
 test passes ``loop=faults.failing_once(...)`` or ``loop=faults.dumping_params(...)`` to
 ``fit_folds``; production code has no test switches. Each wrapper takes the loop's arguments
-(``config``, ``host``) and runs ``distributed.loop.train_folds``.
+(``config``, ``host``) and runs ``distributed.training.loop.train_folds``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 def _fail_once(config: dict, host, *, epoch: int, rank: int, marker: str) -> None:
     """Run the real loop, killing this worker process once when ``rank`` starts training
     epoch ``epoch`` (the marker file records that it happened)."""
-    from distributed import loop
+    from distributed.training import loop
 
     real = loop.run_epoch
 
@@ -42,7 +42,7 @@ def failing_once(epoch: int, rank: int, marker: str):
 
 def _dump_params(config: dict, host, *, directory: str) -> None:
     """Run the real loop, then save every fold's final parameters of this rank."""
-    from distributed import loop
+    from distributed.training import loop
 
     models = []
     real = host.prepare_model
@@ -67,7 +67,7 @@ def dumping_params(directory: str):
 def _raise_at(config: dict, host, *, call: int) -> None:
     """Run the real loop, raising in the ``call``-th training epoch (counted from 0 over all
     folds of this run): a crash of the process that trains, as in local mode."""
-    from distributed import loop
+    from distributed.training import loop
 
     real = loop.run_epoch
     calls = [0]

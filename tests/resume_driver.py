@@ -33,7 +33,7 @@ def die() -> None:
 
 
 def install(point: str) -> None:
-    from distributed import ledger, search
+    from distributed.search import driver, ledger
 
     kind, *args = point.split(":")
     if kind == "none":
@@ -72,7 +72,7 @@ def install(point: str) -> None:
         ledger.Ledger.record_result = record_result
         ledger.Ledger.record_end = record_end
     elif kind == "final":
-        real_fit = search.fit_folds
+        real_fit = driver.fit_folds
 
         def fit_folds(cfg, data, **kwargs):
             if "final" in kwargs["name"]:
@@ -90,7 +90,7 @@ def install(point: str) -> None:
                 threading.Thread(target=watch, daemon=True).start()
             return real_fit(cfg, data, **kwargs)
 
-        search.fit_folds = fit_folds
+        driver.fit_folds = fit_folds
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

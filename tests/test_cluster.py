@@ -407,6 +407,24 @@ def test_job_submission_runs_the_smoke_tune(token_head, gesture_shards):
 # --- simulated two-node cluster ----------------------------------------------------------------
 
 
+def run_cluster_script(tmp: Path, env: dict, script: str, *args: str) -> tuple[int, str]:
+    """(exit code, output) of ``tests/cluster_scripts/<script>`` in a session of its own;
+    whatever it leaves (its simulated cluster's processes) is killed after."""
+    proc = subprocess.Popen(
+        [PY, str(SCRIPTS / script), *args], env=env, cwd=tmp, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        log, _ = proc.communicate(timeout=560)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        kill_mentioning(str(tmp))
+    return proc.returncode, log
+
+
 @pytest.mark.timeout(600)
 def test_ddp_across_two_simulated_nodes(gesture_shards):
     """Two Train workers, STRICT_SPREAD over two nodes (one per node), really synchronised."""
@@ -422,21 +440,10 @@ def test_ddp_across_two_simulated_nodes(gesture_shards):
         RAY_TRAIN_V2_ENABLED="1",
         RAY_USAGE_STATS_ENABLED="0",
     )
-    script = [PY, str(SCRIPTS / "two_node_ddp.py"), gesture_shards, f"file://{tmp}/runs", str(out)]
-    proc = subprocess.Popen(
-        script, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    code, log = run_cluster_script(tmp, env, "two_node_ddp.py", gesture_shards,
+                                   f"file://{tmp}/runs", str(out))  # fmt: skip
     try:
-        log, _ = proc.communicate(timeout=560)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        kill_mentioning(str(tmp))
-    try:
-        assert proc.returncode == 0, log[-4000:]
+        assert code == 0, log[-4000:]
         seen = json.loads(out.read_text())
         assert len(seen["nodes"]) == 2
         assert len(seen["worker_nodes"]) == 2, seen
@@ -461,21 +468,10 @@ def test_a_trial_whose_node_is_lost_resumes_from_its_checkpoint_on_the_other_nod
     out = tmp / "out.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_TMPDIR=str(tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    script = [PY, str(SCRIPTS / "lose_node.py"), gesture_shards, str(tmp / "runs"), str(out)]
-    proc = subprocess.Popen(
-        script, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    code, log = run_cluster_script(tmp, env, "lose_node.py", gesture_shards,
+                                   str(tmp / "runs"), str(out))  # fmt: skip
     try:
-        log, _ = proc.communicate(timeout=560)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        kill_mentioning(str(tmp))
-    try:
-        assert proc.returncode == 0, log[-4000:]
+        assert code == 0, log[-4000:]
         seen = json.loads(out.read_text())
         console = seen["console"]
         assert seen["code"] == 0, console[-3000:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distributed import comparison as cmp
+from distributed.results import comparison as cmp
 from tests.lines import one_line_error
 
 # --- the tests, by hand ---------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capfd):
 
 
 def test_spreads_over_repeats_and_over_folds_by_hand():
-    from distributed.repeats import spreads
+    from distributed.search.repeats import spreads
 
     rows = [{"repeat": 0, "war": w} for w in (0.6, 0.8)] + [
         {"repeat": 1, "war": w} for w in (0.5, 0.5)
@@ -250,9 +250,9 @@ def test_fixed_folds_repeat_with_other_seeds_and_drawn_folds_are_drawn_again(ges
     from dataclasses import replace
 
     from datasets.manifest import read_manifest, read_protocol
-    from distributed.config import default_config
-    from distributed.repeats import REPEAT_SEED, repeat_plans
-    from distributed.search import SearchPlan
+    from distributed.core.config import default_config
+    from distributed.search.driver import SearchPlan
+    from distributed.search.repeats import REPEAT_SEED, repeat_plans
 
     manifest = read_manifest(gesture_shards)
     key, protocol = read_protocol(gesture_shards, manifest)

@@ -9,9 +9,9 @@ import torch
 
 from branches import DataInfo
 from distributed import export
-from distributed.checkpoint import TrainedOn, load_model, save_model
-from distributed.config import default_config
-from distributed.steps import build
+from distributed.core.config import default_config
+from distributed.training.checkpoint import TrainedOn, load_model, save_model
+from distributed.training.steps import build
 
 pytestmark = pytest.mark.timeout(300)
 

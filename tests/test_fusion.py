@@ -95,7 +95,7 @@ def paired_shards(tmp_path_factory, ray_session):
 @pytest.mark.slow  # two Ray Train fits per fold; covered by benchmarks/fusion.py (pytest -m slow)
 @pytest.mark.timeout(1200)
 def test_fused_model_beats_each_branch_on_the_paired_set(paired_shards, tmp_path, ray_session):
-    from distributed.config import default_config
+    from distributed.core.config import default_config
 
     # head="p3": the facial score is the LSTM over clip features, the head that learns first; the
     # paper's fused score (mostly p2) needs far more than the few epochs a test can afford.
@@ -126,9 +126,9 @@ def _fake_run(root, cfg, shards_root, params: dict, epochs: int, outers) -> str:
     import torch
 
     from datasets.manifest import read_manifest
-    from distributed.checkpoint import TrainedOn, save_model
-    from distributed.steps import build
-    from distributed.trainer import data_info
+    from distributed.training.checkpoint import TrainedOn, save_model
+    from distributed.training.launch import data_info
+    from distributed.training.steps import build
 
     data = data_info(read_manifest(shards_root))
     best = {
@@ -153,9 +153,9 @@ def test_fusion_of_tuned_runs_uses_their_configs_and_final_models(paired_shards,
     """Per outer fold, each branch's inner predictions come from the config its search chose,
     and its test predictions from the search's final model, not from a retrain."""
     from datasets.manifest import read_manifest
-    from distributed.checkpoint import load_model
-    from distributed.config import default_config
-    from distributed.evaluation import predict_fold
+    from distributed.core.config import default_config
+    from distributed.inference.evaluation import predict_fold
+    from distributed.training.checkpoint import load_model
 
     facial = default_config("facial", model="resnet_tlstm", clips=2, frames=2, lstm1=8, lstm2=4,
                             epochs=1, batch_size=8)  # fmt: skip

@@ -20,9 +20,9 @@ import torch.distributed as dist
 
 from datasets import shards
 from datasets.manifest import read_manifest, read_protocol
-from distributed.config import default_config
-from distributed.loop import process_group_backend
-from distributed.trainer import data_info, outer_fold_spec
+from distributed.core.config import default_config
+from distributed.training.launch import data_info, outer_fold_spec
+from distributed.training.loop import process_group_backend
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +46,7 @@ def test_the_gpu_backend_string_serves_cpu_and_cuda_tensors():
 def _streamed_inner_split(root: str):
     """(manifest, inner split 0 of outer fold 0, its folds streamed: train0 split, val0 not)."""
     from branches import get_branch
-    from distributed.stream import StreamedFold
+    from distributed.training.stream import StreamedFold
 
     manifest = read_manifest(root)
     key, protocol = read_protocol(root, manifest)
@@ -81,7 +81,7 @@ class PlainHost:
 
 
 def _worker(rank: int, world: int, store_path: str, config: dict, folds: dict, out: str):
-    from distributed import loop
+    from distributed.training import loop
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=world)  # fmt: skip
@@ -143,9 +143,9 @@ def test_a_training_epoch_does_not_wait_for_the_device_per_step(
     ``.tolist()``) waits for the GPU; the epoch does it a fixed number of times (the stats'
     read-out at its end), not once per step."""
     from branches import get_branch
-    from distributed import loop
-    from distributed.steps import build
-    from distributed.stream import StreamedFold
+    from distributed.training import loop
+    from distributed.training.steps import build
+    from distributed.training.stream import StreamedFold
 
     root = gesture_shards if branch == "gesture" else facial_pair_shards
     manifest = read_manifest(root)
@@ -203,9 +203,9 @@ def test_a_training_epoch_does_not_wait_for_the_device_per_step(
 
 
 def test_gpu_trials_plan_concurrency_and_placement_from_gpus():
-    from distributed.cli import UsageError
-    from distributed.search import plan_concurrency
-    from distributed.trainer import Resources, trial_placement
+    from distributed.core.commands import UsageError
+    from distributed.search.driver import plan_concurrency
+    from distributed.training.launch import Resources, trial_placement
 
     # a 0-CPU head and 4 nodes x 8 GPUs: trials by GPUs, not "1 trial" from the CPUs
     assert plan_concurrency(4 * 32, 8, 1.0, None, total_gpus=32, gpus_per_worker=1) == 4
@@ -233,13 +233,13 @@ def test_on_a_gpu_the_model_is_channels_last_with_sync_bn_for_small_per_worker_b
     """What the loop does to a model for CUDA (checked on the CPU: neither step needs a GPU)."""
     from torch.nn import SyncBatchNorm
 
-    from distributed.loop import Pinned, for_device, make_collate
+    from distributed.training.loop import Pinned, for_device, make_collate
 
     cfg = default_config("facial", clips=1, frames=2, lstm1=8, lstm2=4)
 
     def model():
         from branches import DataInfo
-        from distributed.steps import build
+        from distributed.training.steps import build
 
         return build(cfg, DataInfo(("a", "b"), {"size": 32}), pretrained=False)
 
@@ -261,8 +261,8 @@ def test_on_a_gpu_the_model_is_channels_last_with_sync_bn_for_small_per_worker_b
 
 
 def test_precision_is_resolved_per_device_and_old_configs_convert():
-    from distributed.config import ConfigError, TrainConfig
-    from distributed.loop import resolve_precision
+    from distributed.core.config import ConfigError, TrainConfig
+    from distributed.training.loop import resolve_precision
 
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
@@ -294,7 +294,7 @@ def test_checkpoints_on_improvement_every_n_epochs_and_at_the_last(gesture_shard
     """Not every epoch (at GPU speed the write would dominate short epochs): an epoch is saved
     when it improved the fold's best validation score, every ``checkpoint_every`` epochs, and at
     the fold's last epoch."""
-    from distributed import loop
+    from distributed.training import loop
 
     manifest, spec, folds = _streamed_inner_split(gesture_shards)
     cfg = default_config("gesture", **{**SMALL, "epochs": 12, "lr": 0.05})

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from branches import DataInfo
 from distributed import export
-from distributed.config import default_config
-from distributed.steps import EpochStats, build, head_probs, loss_of, predict_probs
+from distributed.core.config import default_config
+from distributed.training.steps import EpochStats, build, head_probs, loss_of, predict_probs
 
 pytestmark = pytest.mark.timeout(120)
 

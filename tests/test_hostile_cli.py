@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from datasets.manifest import read_manifest
-from distributed.checkpoint import TrainedOn, save_model
-from distributed.config import ConfigError, default_config
-from distributed.steps import build
-from distributed.trainer import data_info
+from distributed.core.config import ConfigError, default_config
+from distributed.training.checkpoint import TrainedOn, save_model
+from distributed.training.launch import data_info
+from distributed.training.steps import build
 from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,13 +36,14 @@ def _exit_code(main, argv) -> int:
 @pytest.fixture
 def no_ray_work(monkeypatch):
     """Anything that would start Ray, read a fold into Ray or start a fit fails the test."""
-    from distributed import common, trainer
+    from distributed.core import runtime
+    from distributed.training import launch
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray work started: the misuse was not refused first")
 
-    for module, name in ((common, "init_ray"), (trainer, "prepare_datasets"),
-                         (trainer, "fit_folds")):  # fmt: skip
+    for module, name in ((runtime, "init_ray"), (launch, "prepare_datasets"),
+                         (launch, "fit_folds")):  # fmt: skip
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -98,7 +99,8 @@ def test_a_killed_run_resumes_with_the_same_inputs_and_refuses_other_ones(
     the difference (before any Ray work); the same command resumes and says from where."""
     import torch
 
-    from distributed import loop, train
+    from distributed import train
+    from distributed.training import loop
 
     real = loop.run_epoch
 
@@ -118,9 +120,9 @@ def test_a_killed_run_resumes_with_the_same_inputs_and_refuses_other_ones(
         other.write_text(json.dumps({"lr": 0.05}))
         capsys.readouterr()
         with monkeypatch.context() as m:
-            from distributed import trainer
+            from distributed.training import launch
 
-            m.setattr(trainer, "prepare_datasets", lambda *a, **k: pytest.fail("Ray work"))
+            m.setattr(launch, "prepare_datasets", lambda *a, **k: pytest.fail("Ray work"))
             assert train.main(argv + ["--config", str(other)]) == 2
         one_line_error(capsys.readouterr().err, str(tmp_path / "k"),
                         "lr: 0.001 in the checkpoint, 0.05 now", "--name")  # fmt: skip
@@ -146,11 +148,11 @@ def test_a_worker_group_run_run_again_is_finished_and_other_inputs_are_refused_b
     assert train.main(argv) == 0
     capsys.readouterr()
     run = tmp_path / "g"
-    from distributed import trainer
+    from distributed.training import launch
 
     refuse = lambda *a, **k: pytest.fail("Ray work started")  # noqa: E731
-    monkeypatch.setattr(trainer, "prepare_datasets", refuse)
-    monkeypatch.setattr(trainer, "fit_folds", refuse)
+    monkeypatch.setattr(launch, "prepare_datasets", refuse)
+    monkeypatch.setattr(launch, "fit_folds", refuse)
     assert train.main(argv) == 0
     out = capsys.readouterr().out
     assert f"{run} already finished (epoch 0 of fold 0 inner 0 was its last)" in out, out
@@ -355,14 +357,15 @@ def failed_search(gesture_shards, ray_session, tmp_path_factory):
     """A search (1 outer fold, 2 trials of 1 epoch) whose trials all fail: the shards are
     overwritten after the driver planned its folds, so each trial fails reading its validation
     rows. Returns (shards copy, its pristine copy, storage, argv, exit code, stdout, stderr)."""
-    from distributed import search, tune
+    from distributed import tune
+    from distributed.search import driver
 
     tmp = tmp_path_factory.mktemp("failing")
     shards = tmp / "shards"
     shutil.copytree(gesture_shards, shards)
     pristine = tmp / "pristine"
     shutil.copytree(shards, pristine)
-    real = search.prepare_datasets
+    real = driver.prepare_datasets
 
     def prepare_then_break(root, *args, **kwargs):
         data = real(root, *args, **kwargs)
@@ -373,7 +376,7 @@ def failed_search(gesture_shards, ray_session, tmp_path_factory):
     argv = ["gesture", "--smoke", "--shards", str(shards), "--storage", str(tmp), "--name", "f",
             "--folds", "1", "--samples", "2", "--max-concurrent", "1", "--epochs", "1"]  # fmt: skip
     with pytest.MonkeyPatch.context() as m, _output_to(tmp / "out.txt", tmp / "err.txt"):
-        m.setattr(search, "prepare_datasets", prepare_then_break)
+        m.setattr(driver, "prepare_datasets", prepare_then_break)
         try:
             code = tune.main(argv)
         except RuntimeError as err:  # (what it did before: a traceback, no trials.csv)

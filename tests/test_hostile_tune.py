@@ -1,7 +1,7 @@
 """What a hostile user found resuming ``tune`` (issue 26), each now a test: ``--resume`` on other
 shards or another seed, ``--resume`` of a run that does not exist, a second driver on a running
 search, and the lock a killed driver leaves behind. Each misuse ends with one line ``error: ...``
-and exit code 2, before Ray starts (``distributed.search_run`` holds the checks).
+and exit code 2, before Ray starts (``distributed.search.run_record`` holds the checks).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from distributed import search_run, tune
+from distributed import tune
+from distributed.search import run_record
 from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,13 +28,15 @@ RAY_STARTED = "Ray work started"
 @pytest.fixture
 def no_ray_work(monkeypatch):
     """Anything that would start Ray, read a fold into Ray or start a fit fails the test."""
-    from distributed import common, search, trainer  # search binds trainer's names on import
+    from distributed.core import runtime
+    from distributed.search import driver  # (it binds launch's names on import)
+    from distributed.training import launch
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{RAY_STARTED}: the misuse was not refused first")
 
-    monkeypatch.setattr(common, "init_ray", refuse)
-    for module in (trainer, search):
+    monkeypatch.setattr(runtime, "init_ray", refuse)
+    for module in (launch, driver):
         monkeypatch.setattr(module, "prepare_datasets", refuse)
         monkeypatch.setattr(module, "fit_folds", refuse)
 
@@ -74,7 +77,7 @@ def test_resume_on_other_shards_or_seed_is_refused_before_ray(
     gesture_shards, other_shards, tmp_path, no_ray_work, capfd
 ):
     _reaches_ray(_argv(gesture_shards, tmp_path))  # the run starts: its inputs are recorded
-    assert json.loads((tmp_path / "x" / search_run.SEARCH_FILE).read_text())["fingerprint"]
+    assert json.loads((tmp_path / "x" / run_record.SEARCH_FILE).read_text())["fingerprint"]
     capfd.readouterr()
     assert tune.main(_argv(other_shards, tmp_path, "--resume")) == 2
     one_line_error(capfd.readouterr().err, "shards:", gesture_shards, other_shards)
@@ -86,12 +89,12 @@ def test_resume_on_other_shards_or_seed_is_refused_before_ray(
     same = tmp_path / "moved"
     shutil.copytree(gesture_shards, same)
     _reaches_ray(_argv(str(same), tmp_path, "--resume"))
-    assert not (tmp_path / "x" / search_run.LOCK_FILE).exists()  # released on the error too
+    assert not (tmp_path / "x" / run_record.LOCK_FILE).exists()  # released on the error too
 
 
 def test_a_second_driver_is_refused_naming_the_holder(gesture_shards, tmp_path, no_ray_work, capfd):
     _reaches_ray(_argv(gesture_shards, tmp_path))
-    lock = tmp_path / "x" / search_run.LOCK_FILE
+    lock = tmp_path / "x" / run_record.LOCK_FILE
     for host, pid in ((socket.gethostname(), os.getpid()), ("other-node", 1)):
         lock.write_text(json.dumps({"host": host, "pid": pid, "started": time.time()}))
         capfd.readouterr()
@@ -104,7 +107,7 @@ def test_a_killed_drivers_lock_is_taken_over(gesture_shards, tmp_path, no_ray_wo
     _reaches_ray(_argv(gesture_shards, tmp_path))
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is not running
-    lock = tmp_path / "x" / search_run.LOCK_FILE
+    lock = tmp_path / "x" / run_record.LOCK_FILE
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0}))
     capfd.readouterr()
     _reaches_ray(_argv(gesture_shards, tmp_path, "--resume"))
@@ -115,18 +118,18 @@ def test_a_killed_drivers_lock_is_taken_over(gesture_shards, tmp_path, no_ray_wo
 
 def test_lock_and_record_on_s3(s3_server):
     root = s3_server("emovis-tune-lock") + "/run"
-    held = search_run.acquire(root)
-    with pytest.raises(search_run.UsageError, match=f"pid {os.getpid()}"):
-        search_run.acquire(root)
-    search_run.release(held)
-    search_run.release(search_run.acquire(root))
+    held = run_record.acquire(root)
+    with pytest.raises(run_record.UsageError, match=f"pid {os.getpid()}"):
+        run_record.acquire(root)
+    run_record.release(held)
+    run_record.release(run_record.acquire(root))
     now = {"shards": {"digest": "a", "rows": 3, "path": "A"}, "seed": 0, "config": {"lr": 1}}
-    with pytest.raises(search_run.UsageError, match="no run"):
-        search_run.check(root, now, resume=True)
-    search_run.check(root, now, resume=False)
-    search_run.check(root, now, resume=True)
-    with pytest.raises(search_run.UsageError, match=r"lr: 1 when the run started, 2 now"):
-        search_run.check(root, {**now, "config": {"lr": 2}}, resume=True)
+    with pytest.raises(run_record.UsageError, match="no run"):
+        run_record.check(root, now, resume=True)
+    run_record.check(root, now, resume=False)
+    run_record.check(root, now, resume=True)
+    with pytest.raises(run_record.UsageError, match=r"lr: 1 when the run started, 2 now"):
+        run_record.check(root, {**now, "config": {"lr": 2}}, resume=True)
 
 
 def test_a_finished_search_resumed_on_other_shards_is_refused(
@@ -140,15 +143,15 @@ def test_a_finished_search_resumed_on_other_shards_is_refused(
         assert tune.main(_argv(gesture_shards, tmp_path)) == 0
     finally:
         torch.set_num_threads(threads)
-    assert not (tmp_path / "x" / search_run.LOCK_FILE).exists()
+    assert not (tmp_path / "x" / run_record.LOCK_FILE).exists()
     capfd.readouterr()
     assert tune.main(_argv(gesture_shards, tmp_path, "--resume")) == 0  # same inputs: done
     out = capfd.readouterr().out
     assert "retrained before" in out and "retraining" not in out, out
     report = (tmp_path / "x" / "results" / "report.md").read_text()
-    from distributed import common
+    from distributed.core import runtime
 
-    monkeypatch.setattr(common, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     assert tune.main(_argv(other_shards, tmp_path, "--resume")) == 2
     one_line_error(capfd.readouterr().err, "shards:", other_shards)
     assert (tmp_path / "x" / "results" / "report.md").read_text() == report

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from datasets.manifest import read_manifest, read_protocol
-from distributed.checkpoint import load_model
-from distributed.config import default_config
-from distributed.local_mode import COMPLETE
-from distributed.trainer import (
+from distributed.core.config import default_config
+from distributed.training.checkpoint import load_model
+from distributed.training.launch import (
     Resources,
     export_model,
     fit_folds,
     outer_fold_spec,
     prepare_datasets,
 )
+from distributed.training.local_hosts import COMPLETE
 from tests import faults
 
 pytestmark = pytest.mark.timeout(400)
@@ -99,7 +99,7 @@ def test_three_hosts_give_one_history_and_a_local_run_keeps_checkpoints_and_resu
 def _scale_tracking(config, host, *, seen: list, crash_at: int | None):
     """The real loop; records the gradient scaler's scale at the start of each training epoch,
     sets a distinctive scale after epoch 0 (as overflowing steps would), optionally crashes."""
-    from distributed import loop
+    from distributed.training import loop
 
     real = loop.run_epoch
 
@@ -145,7 +145,8 @@ def test_train_cli_local_runs_in_this_process(gesture_shards, tmp_path, ray_sess
     """`distributed.train --local` (and `--workers 0`): the loop runs in the calling process,
     one line per epoch, a model file; `--local --gpu` on a machine without CUDA is refused in
     one line before any work."""
-    from distributed import loop, train
+    from distributed import train
+    from distributed.training import loop
 
     seen = []
     real = loop.run_epoch

@@ -1,6 +1,6 @@
 import numpy as np
 
-from distributed.metrics import confusion, per_class, uar, war
+from distributed.results.metrics import confusion, per_class, uar, war
 
 
 def test_war_uar_against_hand_computation():

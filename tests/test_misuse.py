@@ -19,11 +19,11 @@ from datasets.manifest import read_manifest
 from datasets.records import SourceItem
 from datasets.sources import label_warnings, scan_folders, scan_list
 from distributed import evaluate
-from distributed.checkpoint import TrainedOn, save_model
-from distributed.config import default_config
-from distributed.search_space import load_space
-from distributed.steps import build
-from distributed.trainer import data_info
+from distributed.core.config import default_config
+from distributed.search.space import load_space
+from distributed.training.checkpoint import TrainedOn, save_model
+from distributed.training.launch import data_info
+from distributed.training.steps import build
 from tests.lines import one_line_error
 
 pytestmark = pytest.mark.timeout(240)

@@ -1,4 +1,5 @@
-"""distributed.plots: valid PNGs of sensible size, titles whole, integer trial ticks, one colour per
+"""distributed.results.plots: valid PNGs of sensible size, titles whole, integer trial ticks, one
+colour per
 outer fold, importances only when they can be computed, and report.md saying why when not."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from distributed import plots
+from distributed.results import plots
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -243,7 +244,7 @@ def test_timeline_png():
 def test_plots_import_neither_ray_nor_torch_nor_pyplot():
     code = (
         "import sys, numpy as np\n"
-        "from distributed import plots\n"
+        "from distributed.results import plots\n"
         "plots.confusion_png(np.eye(2, dtype=int), ['a', 'b'], 't')\n"
         "plots.history_png([{'outer': 0, 'trial_id': 't', 'cv_metric': 0.5, 'complete': True}])\n"
         "plots.importance_png({'lr': 1.0})\n"
@@ -257,9 +258,9 @@ def test_plots_import_neither_ray_nor_torch_nor_pyplot():
 def _write_results(tmp_path, rows):
     from datasets.manifest import Counts, Manifest
     from datasets.protocols import InnerSplit, OuterSplit, Protocol
-    from distributed.config import default_config
-    from distributed.report import write_results
-    from distributed.search_space import SearchSpace
+    from distributed.core.config import default_config
+    from distributed.results.report import write_results
+    from distributed.search.space import SearchSpace
 
     space = SearchSpace(space={"lr": {"loguniform": [1e-4, 1e-1]},
                                "rep": {"choice": ["timeline", "potion"]}})  # fmt: skip

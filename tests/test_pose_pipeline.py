@@ -81,12 +81,12 @@ def test_predict_on_a_video_with_a_gesture_checkpoint_equals_evaluation(pose_sha
 
     from datasets import shards
     from datasets.manifest import read_manifest
-    from distributed.checkpoint import TrainedOn, load_model, save_model
-    from distributed.config import default_config
-    from distributed.evaluation import predict_fold
-    from distributed.predictor import Predictor
-    from distributed.steps import build
-    from distributed.trainer import data_info
+    from distributed.core.config import default_config
+    from distributed.inference.evaluation import predict_fold
+    from distributed.inference.predictor import Predictor
+    from distributed.training.checkpoint import TrainedOn, load_model, save_model
+    from distributed.training.launch import data_info
+    from distributed.training.steps import build
 
     cfg = default_config("gesture", rep_size=32, rep_length=16, width=8, se_reduction=4)
     data = data_info(read_manifest(pose_shards))
@@ -122,11 +122,11 @@ def test_predict_with_a_face_and_a_body_checkpoint_fuses_them(people_videos, pos
 
     from datasets.manifest import read_manifest
     from distributed import predict
-    from distributed.checkpoint import TrainedOn, save_model
-    from distributed.config import default_config
-    from distributed.fusion_rules import fuse
-    from distributed.steps import build
-    from distributed.trainer import data_info
+    from distributed.core.config import default_config
+    from distributed.inference.late_fusion import fuse
+    from distributed.training.checkpoint import TrainedOn, save_model
+    from distributed.training.launch import data_info
+    from distributed.training.steps import build
 
     body_cfg = default_config("gesture", rep_size=32, rep_length=16, width=8, se_reduction=4)
     body_data = data_info(read_manifest(pose_shards))

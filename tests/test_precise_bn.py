@@ -9,11 +9,11 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from datasets.manifest import read_manifest, read_protocol
-from distributed.config import default_config
-from distributed.data import RayShard, fold_dataset, make_collate
-from distributed.loop import recompute_bn_stats
-from distributed.steps import build, model_inputs
-from distributed.trainer import data_info
+from distributed.core.config import default_config
+from distributed.training.launch import data_info
+from distributed.training.loop import recompute_bn_stats
+from distributed.training.ray_data import RayShard, fold_dataset, make_collate
+from distributed.training.steps import build, model_inputs
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,11 +19,11 @@ import torch
 from datasets import shards
 from datasets.manifest import read_manifest
 from distributed import predict
-from distributed.checkpoint import TrainedOn, load_model, save_model
-from distributed.config import default_config
-from distributed.evaluation import predict_fold
-from distributed.steps import build
-from distributed.trainer import data_info
+from distributed.core.config import default_config
+from distributed.inference.evaluation import predict_fold
+from distributed.training.checkpoint import TrainedOn, load_model, save_model
+from distributed.training.launch import data_info
+from distributed.training.steps import build
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -290,8 +290,8 @@ class _Stop(Exception):
 
 
 def test_actor_resources_ask_ray_for_gpus_on_cuda_only():
-    from distributed.cli import UsageError
-    from distributed.predict_batch import actor_device, actor_resources
+    from distributed.core.commands import UsageError
+    from distributed.inference.batch_predict import actor_device, actor_resources
 
     assert actor_resources("cpu") == {"num_cpus": 1}
     assert actor_resources("cuda") == {"num_cpus": 1, "num_gpus": 1.0}
@@ -315,13 +315,13 @@ def test_batch_prediction_on_cuda_asks_ray_for_gpus(facial_ckpt, ray_session, mo
     CUDA; the job stops there (no GPU here to run it on)."""
     import ray.data
 
-    from distributed import predict_batch
+    from distributed.inference import batch_predict
 
     seen = []
     original = ray.data.Dataset.map_batches
 
     def recording(self, fn, *args, **kwargs):
-        if fn is predict_batch.ModelActor:
+        if fn is batch_predict.ModelActor:
             seen.append(kwargs)
             raise _Stop
         return original(self, fn, *args, **kwargs)
@@ -330,7 +330,7 @@ def test_batch_prediction_on_cuda_asks_ray_for_gpus(facial_ckpt, ray_session, mo
     data = Path(facial_ckpt).read_bytes()
     extra = {} if gpus is None else {"gpus_per_actor": gpus}
     with pytest.raises(_Stop):
-        predict_batch.predict_ray(data, [("a", "a.avi")], device=device, actors=2, **extra)
+        batch_predict.predict_ray(data, [("a", "a.avi")], device=device, actors=2, **extra)
     (kwargs,) = seen
     assert kwargs.get("num_gpus") == expected and kwargs["num_cpus"] == 1
     assert kwargs["concurrency"] == 2
@@ -340,7 +340,7 @@ def test_batch_prediction_on_cuda_asks_ray_for_gpus(facial_ckpt, ray_session, mo
 def test_cuda_prediction_loads_nothing_on_the_driver_gpu(facial_ckpt, monkeypatch, capsys):
     """``predict --device cuda --batch`` on a machine without a GPU (a cluster's head): the
     driver reads the checkpoint on the CPU and hands the device to the Ray Data job."""
-    from distributed import predict_batch
+    from distributed.inference import batch_predict
 
     locations, calls = [], []
     real_load = torch.load
@@ -354,7 +354,7 @@ def test_cuda_prediction_loads_nothing_on_the_driver_gpu(facial_ckpt, monkeypatc
         return [{"id": i, "path": p, "status": "error", "error": "not run"} for i, p in items]
 
     monkeypatch.setattr(torch, "load", recording_load)
-    monkeypatch.setattr(predict_batch, "predict_ray", fake_predict_ray)
+    monkeypatch.setattr(batch_predict, "predict_ray", fake_predict_ray)
     args = ["x.avi", "--checkpoint", facial_ckpt, "--device", "cuda"]
 
     def run(*extra):

@@ -10,7 +10,7 @@ import pytest
 from datasets import manifest as manifest_mod
 from datasets import shards
 from distributed import preprocess
-from distributed.shard_tasks import SUMMARY_SUFFIX
+from distributed.preprocessing.tasks import SUMMARY_SUFFIX
 from tests.conftest import stored_protocol
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distributed.config import ConfigError, default_config, load_config_file
-from distributed.search_space import load_space, with_first_point
-from distributed.steps import EpochStats, head_probs, loss_of, model_inputs
+from distributed.core.config import ConfigError, default_config, load_config_file
+from distributed.search.space import load_space, with_first_point
+from distributed.training.steps import EpochStats, head_probs, loss_of, model_inputs
 
 pytestmark = pytest.mark.timeout(120)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -1,5 +1,5 @@
 """Requests no node can hold end in one line and exit 2 before anything waits on them; a
-possible request that waits says so every 30 s (``distributed.resources_check``)."""
+possible request that waits says so every 30 s (``distributed.core.capacity``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from distributed.resources_check import Request, Watch, impossible, progress, waiting_line
+from distributed.core.capacity import Request, Watch, impossible, progress, waiting_line
 
 CPU_NODE = {"CPU": 4.0, "memory": 1e10}
 GPU4 = {"CPU": 48.0, "GPU": 4.0}

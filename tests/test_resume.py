@@ -219,7 +219,7 @@ def test_a_rebuilt_study_proposes_what_the_uninterrupted_one_would():
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from distributed.ledger import Ledger, TrialSeededSampler, rebuild_study
+    from distributed.search.ledger import Ledger, TrialSeededSampler, rebuild_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {

@@ -228,8 +228,8 @@ def test_an_unusable_object_store_ends_in_one_line(
 
 def test_a_streamed_fold_reads_from_the_bucket_what_it_reads_from_disk(s3_gesture, gesture_shards):
     from branches import get_branch
-    from distributed.data import shard_row_groups
-    from distributed.stream import StreamedFold
+    from distributed.training.ray_data import shard_row_groups
+    from distributed.training.stream import StreamedFold
 
     columns = list(get_branch("gesture").columns)
     protocol = read_protocol(gesture_shards, read_manifest(gesture_shards))[1]

@@ -14,7 +14,7 @@ import torch
 
 from datasets import shards
 from datasets.manifest import read_manifest, read_protocol
-from distributed.stream import StreamedFold
+from distributed.training.stream import StreamedFold
 from tests import faults
 
 pytestmark = pytest.mark.timeout(300)
@@ -154,8 +154,8 @@ def test_a_read_error_reaches_the_consumer_and_an_early_stop_ends_the_threads(fo
 
 
 def test_ddp_over_a_streamed_fold_keeps_the_workers_in_step(gesture_shards, tmp_path, ray_session):
-    from distributed.config import default_config
-    from distributed.trainer import FoldSpec, Resources, fit_folds, prepare_datasets
+    from distributed.core.config import default_config
+    from distributed.training.launch import FoldSpec, Resources, fit_folds, prepare_datasets
 
     manifest = read_manifest(gesture_shards)
     outer = read_protocol(gesture_shards, manifest)[1].fold(0)

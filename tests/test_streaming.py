@@ -13,10 +13,10 @@ import pytest
 
 from datasets import shards
 from datasets.manifest import read_manifest, read_protocol
-from distributed.config import default_config
-from distributed.data import RayCollate, make_collate
-from distributed.stream import StreamedFold
-from distributed.trainer import FoldSpec, materialize_budget, prepare_datasets
+from distributed.core.config import default_config
+from distributed.training.launch import FoldSpec, materialize_budget, prepare_datasets
+from distributed.training.ray_data import RayCollate, make_collate
+from distributed.training.stream import StreamedFold
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -165,7 +165,7 @@ def test_budget_comes_from_the_argument_the_environment_or_two_gib(monkeypatch):
 def test_opencv_threads_follow_the_cpus_a_task_holds(ray_session):
     import ray
 
-    from distributed.common import set_opencv_threads, task_cpus
+    from distributed.core.runtime import set_opencv_threads, task_cpus
 
     def threads(_=None):
         import cv2

@@ -7,9 +7,15 @@ import torch
 
 from datasets import shards
 from datasets.manifest import read_manifest, read_protocol
-from distributed.checkpoint import TrainedOn, load_model
-from distributed.config import default_config
-from distributed.trainer import FoldSpec, Resources, export_model, fit_folds, prepare_datasets
+from distributed.core.config import default_config
+from distributed.training.checkpoint import TrainedOn, load_model
+from distributed.training.launch import (
+    FoldSpec,
+    Resources,
+    export_model,
+    fit_folds,
+    prepare_datasets,
+)
 from tests import faults
 
 pytestmark = pytest.mark.timeout(400)

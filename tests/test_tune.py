@@ -75,8 +75,8 @@ def test_training_code_refuses_outer_test_rows():
 
 
 def test_concurrency_plan_keeps_a_cpu_for_data_and_waits_for_autoscaling():
-    from distributed.cli import UsageError
-    from distributed.search import plan_concurrency
+    from distributed.core.commands import UsageError
+    from distributed.search.driver import plan_concurrency
 
     assert plan_concurrency(2, 1, 0.5, None) == 1  # 2-CPU laptop: one trial, 0.5-CPU worker
     assert plan_concurrency(8, 2, 1.0, None) == 3
@@ -92,8 +92,8 @@ def test_every_point_of_the_built_in_spaces_is_a_valid_config(kind, smoke):
     """Start points and every choice value build a TrainConfig (a typo fails here, not in a
     trial hours into a search); the smoke face space searches the predicting head."""
     from branches import get_branch
-    from distributed.config import default_config, flat_keys
-    from distributed.search_space import load_space
+    from distributed.core.config import default_config, flat_keys
+    from distributed.search.space import load_space
 
     space = load_space(kind, smoke=smoke)
     base = default_config(kind, **(get_branch(kind).smoke if smoke else {}))

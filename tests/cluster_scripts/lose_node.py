@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster_scripts.two_node_ddp import free_port  # noqa: E402
+from tests.cluster_scripts.two_node_ddp import start_cluster  # noqa: E402
 
 
 def main(shards_root: str, storage: str, out_json: str) -> int:
@@ -32,17 +32,9 @@ def main(shards_root: str, storage: str, out_json: str) -> int:
 
     from distributed import tune
 
-    cluster = Cluster(shutdown_at_exit=True)
-    cluster.add_node(
-        num_cpus=0,
-        gcs_server_port=free_port(),
-        dashboard_port=free_port(),
-        dashboard_agent_listen_port=free_port(),
-        ray_client_server_port=free_port(),
-    )
-    nodes = [cluster.add_node(num_cpus=2).node_id for _ in range(2)]
-    cluster.wait_for_nodes()
+    cluster = start_cluster(Cluster, head_cpus=0, workers=2)
     workers = {n.node_id: n for n in cluster.worker_nodes}
+    nodes = sorted(workers)
     seen: dict = {"removed": None, "trial_nodes": []}
 
     def trial_nodes() -> list[str]:

@@ -27,20 +27,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(cluster_cls, attempts: int = 2):
-    """Two nodes of 2 CPUs on free ports. Ray waits a fixed 30 s for a raylet to register, which
-    a heavily loaded 2-core machine can miss: one retry, then give up."""
+def start_cluster(cluster_cls, attempts: int = 2, head_cpus: int = 2, workers: int = 1):
+    """A head of ``head_cpus`` and ``workers`` nodes of 2 CPUs, on free ports. Ray waits a fixed
+    30 s for a raylet to register, which a heavily loaded 2-core machine can miss: one retry,
+    then give up."""
     for attempt in range(attempts):
         cluster = cluster_cls(shutdown_at_exit=True)
         try:
             cluster.add_node(
-                num_cpus=2,
+                num_cpus=head_cpus,
                 gcs_server_port=free_port(),
                 dashboard_port=free_port(),
                 dashboard_agent_listen_port=free_port(),
                 ray_client_server_port=free_port(),
             )
-            cluster.add_node(num_cpus=2)
+            for _ in range(workers):
+                cluster.add_node(num_cpus=2)
             cluster.wait_for_nodes()
             return cluster
         except Exception:
@@ -56,10 +58,10 @@ def main(shards_root: str, storage_uri: str, out_json: str) -> int:
 
     from branches import get_branch
     from datasets.manifest import read_manifest, read_protocol
-    from distributed.checkpoint import TrainedOn
-    from distributed.common import init_ray
-    from distributed.config import default_config
-    from distributed.trainer import FoldSpec, Resources, fit_folds, prepare_datasets
+    from distributed.core.config import default_config
+    from distributed.core.runtime import init_ray
+    from distributed.training.checkpoint import TrainedOn
+    from distributed.training.launch import FoldSpec, Resources, fit_folds, prepare_datasets
     from tests import faults
 
     cluster = start_cluster(Cluster)
