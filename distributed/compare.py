@@ -119,9 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return commands.run_stoppable(
-        lambda: (run_compare(args), 0)[1], commands.start_over("distributed.compare", argv)
-    )
+
+    def body() -> int:
+        run_compare(args)
+        return 0
+
+    return commands.run_stoppable(body, commands.start_over("distributed.compare", argv))
 
 
 if __name__ == "__main__":

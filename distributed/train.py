@@ -141,11 +141,13 @@ def train(args: TrainArgs, started: dict | None = None):
         "the fit", resources.workers, resources.per_worker()["CPU"], gpus, placement,
         workers_flag="--workers", gpus_flag="--gpu",
     )  # fmt: skip
-    if not autoscaling:  # (an autoscaling cluster's node types are not known here)
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        why = capacity.impossible(request, nodes)
-        if why:
-            raise commands.UsageError(why)
+    if autoscaling:  # what its node types can start (its config on the head node), if known
+        types = capacity.node_types()
+        why = capacity.impossible_on_types(request, types) if types else None
+    else:
+        why = capacity.impossible(request, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    if why:
+        raise commands.UsageError(why)
     if note:
         print(f"placement: {note}", flush=True)
     test_ids = frozenset(protocol.fold(args.fold).test)

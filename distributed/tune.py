@@ -235,14 +235,15 @@ def _tune(
 
 
 def _refuse_impossible(request, autoscaling: bool) -> None:
-    """One line and exit 2 for a trial no node of a fixed cluster can hold (Ray would queue it
-    for ever). An autoscaling cluster is not checked: its node types are not known here."""
+    """One line and exit 2 for a trial no node of a fixed cluster, or no node type of an
+    autoscaling one (its config on the head node), can hold: Ray would queue it for ever."""
     if autoscaling:
-        return
-    import ray
+        types = capacity.node_types()
+        why = capacity.impossible_on_types(request, types) if types else None
+    else:
+        import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    why = capacity.impossible(request, nodes)
+        why = capacity.impossible(request, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     if why:
         raise commands.UsageError(why)
 

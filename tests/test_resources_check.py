@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,65 @@ def test_train_asking_for_a_gpu_worker_on_a_cpu_cluster_exits_2(
     )
     _expect_refused(capsys, train.main, argv, line, time.monotonic())
     assert set(ray_session.util.placement_group_table()) == before
+
+
+# --- autoscaling clusters: the node types of the config `ray up` leaves on the head node ------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_node_types_of_our_cluster_yaml_and_what_they_can_never_hold():
+    from distributed.core.capacity import impossible_on_types, node_types
+
+    types = node_types(str(ROOT / "cluster.yaml"))
+    assert types["head_cpu"] == {"resources": {"CPU": 0}, "count": 1}
+    assert types["gpu_1x"]["resources"] == {"CPU": 4, "GPU": 1}
+    one_gpu = Request("a trial", 1, 1.0, 1.0)
+    assert impossible_on_types(one_gpu, types) is None
+    packed = Request("a trial", 16, 1.0, 1.0, placement="STRICT_PACK")
+    why = impossible_on_types(packed, types)
+    assert why.startswith("a trial packs its 16 workers ({CPU: 16, GPU: 16}) on one node; the "
+                          "largest node holds 8 of them (node types: head_cpu {CPU: 0, GPU: 0}, "
+                          "gpu_1x {CPU: 4, GPU: 1}"), why  # fmt: skip
+    nine = Request("a trial", 1, 1.0, 9.0)
+    assert "the largest node has 8 GPUs" in impossible_on_types(nine, types)
+
+
+def test_a_config_without_stated_resources_or_none_at_all_checks_nothing(tmp_path):
+    from distributed.core.capacity import node_types
+
+    assert node_types(str(tmp_path / "absent.yaml")) is None
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("head_node_type: h\navailable_node_types:\n  h: {node_config: {}}\n")
+    assert node_types(str(cfg)) is None  # the autoscaler learns it from the cloud: not known here
+    cfg.write_text("not: [a, cluster")
+    assert node_types(str(cfg)) is None
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60, func_only=True)
+def test_tune_on_an_autoscaling_cluster_without_gpu_node_types_exits_2(
+    gesture_shards, ray_session, tmp_path, capsys, monkeypatch
+):
+    """Joining a cluster (--address) whose head holds a config with CPU node types only: a GPU
+    trial is refused naming the node types, before anything waits on it."""
+    from distributed import tune
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ray_bootstrap_config.yaml").write_text(
+        "head_node_type: head\navailable_node_types:\n"
+        "  head: {resources: {CPU: 0}, node_config: {}}\n"
+        "  cpu_8: {resources: {CPU: 8}, max_workers: 4, node_config: {}}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    address = ray_session.get_runtime_context().gcs_address
+    argv = ["gesture", "--shards", gesture_shards, "--smoke", "--gpus-per-worker", "1",
+            "--address", address, "--storage", str(tmp_path / "runs"), "--name", "gpu"]  # fmt: skip
+    line = (
+        "a trial needs 1 GPU per worker; no node type of this cluster has a GPU (node types: "
+        "head {CPU: 0, GPU: 0}, cpu_8 {CPU: 8, GPU: 0}); drop --gpus-per-worker or run on a GPU "
+        "cluster"
+    )
+    _expect_refused(capsys, tune.main, argv, line, time.monotonic())
+    assert not (tmp_path / "runs" / "gpu" / "outer0").exists()

@@ -4,7 +4,9 @@ Ray queues a request that no node can hold (a GPU on a CPU-only cluster, eight G
 packed on one node of four GPUs) for ever, and says so only in its own log ("No available node
 types can fulfill ..."), which the console of ``distributed.tune`` and ``distributed.train``
 does not show. :func:`impossible` compares one trial's (or fit's) workers with the nodes of a
-fixed cluster before anything waits on them; :class:`Watch` says every 30 s what a possible
+fixed cluster before anything waits on them, :func:`impossible_on_types` with the node types an
+autoscaling cluster can start (:func:`node_types`: the config ``ray up`` leaves on the head
+node, where submitted jobs run); :class:`Watch` says every 30 s what a possible
 request still waits for, until its first placement group is created. The callers pass Ray's
 own views in (``ray.nodes()``, ``ray.available_resources()``,
 ``ray.util.placement_group_table()``), so this module is tested without a cluster.
@@ -59,17 +61,20 @@ def _fits(node: Mapping[str, float], cpus: float, gpus: float) -> int:
     return min(counts) if counts else 1 << 30
 
 
-def impossible(request: Request, nodes: Sequence[Mapping[str, float]]) -> str | None:
+def impossible(
+    request: Request, nodes: Sequence[Mapping[str, float]], have: str | None = None
+) -> str | None:
     """One line saying why no node set of this fixed cluster can ever hold ``request``, or None.
 
-    ``nodes``: the resources of each alive node (``ray.nodes()``'s ``Resources``)."""
+    ``nodes``: the resources of each alive node (``ray.nodes()``'s ``Resources``); ``have``
+    replaces the parenthesis that says what the cluster has (node types instead of nodes)."""
     if request.workers < 1:
         return None
     r, n = request, len(nodes)
     gpus = [float(node.get("GPU", 0.0)) for node in nodes]
     cpus = [float(node.get("CPU", 0.0)) for node in nodes]
-    have_gpus = f"nodes: {n}, GPUs: {sum(gpus):g}"
-    have_cpus = f"nodes: {n}, CPUs: {sum(cpus):g}"
+    have_gpus = have or f"nodes: {n}, GPUs: {sum(gpus):g}"
+    have_cpus = have or f"nodes: {n}, CPUs: {sum(cpus):g}"
     if r.gpus > 0 and max(gpus, default=0.0) <= 0:
         return (
             f"{r.what} needs {_n(r.gpus, 'GPU')} per worker; no node of this cluster has a GPU "
@@ -89,21 +94,66 @@ def impossible(request: Request, nodes: Sequence[Mapping[str, float]]) -> str | 
     if max(per_node, default=0) < 1:
         return (
             f"{r.what} needs {shape(r.per_worker())} per worker on one node; no node has both "
-            f"({have_gpus}, CPUs: {sum(cpus):g}); lower {r.cpus_flag} or {r.gpus_flag}"
+            f"({have or f'{have_gpus}, CPUs: {sum(cpus):g}'}); lower {r.cpus_flag} or "
+            f"{r.gpus_flag}"
         )
     total = shape({"CPU": r.workers * r.cpus, "GPU": r.workers * r.gpus})
     if r.placement == "STRICT_PACK" and max(per_node) < r.workers:
         return (
             f"{r.what} packs its {r.workers} workers ({total}) on one node; the largest node "
-            f"holds {max(per_node)} of them ({have_gpus}, CPUs: {sum(cpus):g}); lower "
-            f"{r.workers_flag} or run on a cluster with larger nodes"
+            f"holds {max(per_node)} of them ({have or f'{have_gpus}, CPUs: {sum(cpus):g}'}); "
+            f"lower {r.workers_flag} or run on a cluster with larger nodes"
         )
     if sum(per_node) < r.workers:
         return (
             f"{r.what} needs {r.workers} workers ({total}); the cluster holds {sum(per_node)} "
-            f"of them ({have_gpus}, CPUs: {sum(cpus):g}); lower {r.workers_flag}"
+            f"of them ({have or f'{have_gpus}, CPUs: {sum(cpus):g}'}); lower {r.workers_flag}"
         )
     return None
+
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` leaves on the head node
+
+
+def node_types(path: str = BOOTSTRAP_CONFIG) -> dict[str, dict] | None:
+    """``{node type: (resources, how many can run)}`` of an autoscaling cluster, from the
+    cluster config ``ray up`` copies to the head node (where jobs' drivers run); None where
+    there is none, or where a type does not state its resources (the autoscaler then learns them
+    from the cloud, which this check cannot)."""
+    import os
+
+    import yaml
+
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+        types = config["available_node_types"]
+        head = config.get("head_node_type")
+        out = {}
+        for name, spec in types.items():
+            resources = spec.get("resources")
+            if resources is None:
+                return None
+            count = max(int(spec.get("max_workers", 0)), 1 if name == head else 0)
+            if count:
+                out[name] = {"resources": dict(resources), "count": count}
+        return out or None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def impossible_on_types(request: Request, types: Mapping[str, Mapping]) -> str | None:
+    """:func:`impossible` for an autoscaling cluster: every node each type may start counts (up
+    to what the request could use), and the message names the node types."""
+    nodes = []
+    for spec in types.values():
+        nodes += [spec["resources"]] * min(int(spec["count"]), max(request.workers, 1))
+    listed = ", ".join(f"{name} {shape(spec['resources'])}" for name, spec in types.items())
+    why = impossible(request, nodes, have=f"node types: {listed}")
+    return why.replace("no node of this cluster", "no node type of this cluster") if why else None
 
 
 def _matches(bundle: Mapping[str, float], per_worker: Mapping[str, float]) -> bool:
