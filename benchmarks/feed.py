@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from branches.facial.data import FacialRow, facial_table  # noqa: E402
 from datasets import shards  # noqa: E402
 from datasets.manifest import Counts, Manifest, write_manifest  # noqa: E402
 from distributed.core.runtime import print_table  # noqa: E402
@@ -89,7 +90,7 @@ def write_set(root: Path, cfg: FeedBench, copies: int = 1) -> list[str]:
     order = sorted(range(n), key=lambda i: ids[i])
     for k, start in enumerate(range(0, n, cfg.per_shard)):
         rows = [
-            shards.FacialRow(
+            FacialRow(
                 id=ids[i],
                 subject=ids[i].split("/")[0],
                 label=i % len(CLASSES),
@@ -101,7 +102,7 @@ def write_set(root: Path, cfg: FeedBench, copies: int = 1) -> list[str]:
             )
             for i in order[start : start + cfg.per_shard]
         ]
-        shards.write_shard(shards.facial_table(rows), shards.shard_path(str(root), k))
+        shards.write_shard(facial_table(rows), shards.shard_path(str(root), k))
     counts = Counts(n, n, 0, 0, {c: n // len(CLASSES) for c in CLASSES}, 20)
     write_manifest(str(root), Manifest("facial", CLASSES, {"size": cfg.size}, counts, None))
     return ids

@@ -62,6 +62,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from branches.facial.data import FacialRow, facial_frames, facial_table  # noqa: E402
+
 T_START = time.perf_counter()
 CLASSES = ("angry", "contempt", "disgust", "fear", "happy", "sad", "surprise")  # CK+, 7 classes
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -1160,12 +1162,12 @@ def write_clip_shards(
     directory, n_clips: int, size: int, frames: int, *, per_shard: int = 64, seed: int = 0
 ) -> ClipShards:
     """Write ``n_clips`` synthetic facial rows as the preprocessing job stores them: id-sorted
-    ``shard-NNNNN.parquet`` files of :data:`datasets.shards.FACIAL_SCHEMA` (``per_shard`` rows
+    ``shard-NNNNN.parquet`` files of :data:`datasets.FACIAL_SCHEMA` (``per_shard`` rows
     each, written atomically) and a ``manifest.json`` (no protocol: plan folds from the ids).
     Labels cycle through the 7 CK+ classes, subjects through 20; clip ``i``'s frames are
     :func:`clip_frames` ``(i, size, frames, seed)``."""
+    from branches.facial.data import FacialOptions
     from datasets import shards
-    from datasets.items import FacialOptions
     from datasets.manifest import Counts, Manifest, write_manifest
 
     root = str(directory)
@@ -1174,7 +1176,7 @@ def write_clip_shards(
     files = []
     for k, start in enumerate(range(0, n_clips, per_shard)):
         rows = [
-            shards.FacialRow(
+            FacialRow(
                 id=ids[i],
                 subject=f"s{i % 20:03d}",
                 label=i % len(CLASSES),
@@ -1187,7 +1189,7 @@ def write_clip_shards(
             for i in range(start, min(start + per_shard, n_clips))
         ]
         files.append(shards.shard_path(root, k))
-        shards.write_shard(shards.facial_table(rows), files[-1])
+        shards.write_shard(facial_table(rows), files[-1])
     per_class = Counter(CLASSES[i % len(CLASSES)] for i in range(n_clips))
     counts = Counts(n_clips, n_clips, 0, 0, dict(per_class), min(20, n_clips))
     options = asdict(FacialOptions(size=size))
@@ -1212,7 +1214,7 @@ def clip_shards_section(args, device) -> dict:
         pick = n // 2
         table = tables[pick // 5]
         row = table.slice(pick % 5, 1).to_pylist()[0]
-        frames = shards.facial_frames(row["frames"], row["n_frames"], row["size"])
+        frames = facial_frames(row["frames"], row["n_frames"], row["size"])
         manifest = read_manifest(tmp)
         checks = {
             "rows": sum(t.num_rows for t in tables) == n,

@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from branches.facial.data import facial_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util  # noqa: E402
 
@@ -93,7 +95,7 @@ def start_moto(scratch: Path) -> tuple[subprocess.Popen, str]:
 
 def synthetic_rows(cfg: StorageBench, seed: int = 0):
     """Facial rows of smooth moving blobs with sensor noise (compress about like real frames)."""
-    from datasets.shards import FacialRow
+    from branches.facial.data import FacialRow
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0 : cfg.size, 0 : cfg.size].astype(np.float32)
@@ -126,7 +128,7 @@ def write_set(roots: list[str], cfg: StorageBench) -> tuple[list[str], int]:
     rows = sorted(synthetic_rows(cfg), key=lambda r: r.id)
     total = 0
     for j, start in enumerate(range(0, len(rows), cfg.per_file)):
-        sink_table = shards.facial_table(rows[start : start + cfg.per_file])
+        sink_table = facial_table(rows[start : start + cfg.per_file])
         for root in roots:
             shards.write_shard(sink_table, shards.shard_path(root, j))
         total += len(storage.read_bytes(shards.shard_path(roots[0], j)))

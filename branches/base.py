@@ -1,7 +1,7 @@
 """What a branch (a modality: faces, bodies, ...) must provide to the rest of the system.
 
-Everything that differs by modality lives in the branch's own module (``branches/facial.py``,
-``branches/gesture.py``): the shard rows it writes and the columns training reads, the
+Everything that differs by modality lives in the branch's own module (``branches/facial/``,
+``branches/gesture/``): the shard rows it writes and the columns training reads, the
 preprocessing options and the per-item processing, the typed model configuration with its
 defaults, smoke settings and search space, the train/eval collate, the model's inputs, loss and
 heads, the example input for export, and what prediction must redo. The rest of the code
@@ -197,6 +197,11 @@ class Branch(ABC):
         """Per-segment probabilities over time of item ``i`` of a numpy batch of shard columns,
         for prediction (empty when the branch has none)."""
         return ()
+
+    def prediction_extras(self, row) -> dict:
+        """What a prediction reports about its input besides the scores (JSON values, e.g. the
+        share of frames where a face was found); none by default."""
+        return {}
 
     def warnings(self, row, data: DataInfo) -> tuple[str, ...]:
         """What a user should know about a prepared item (e.g. no face found)."""

@@ -1,17 +1,12 @@
-"""The shard schema: the one contract between preprocessing and training.
+"""Shard files: the one contract between preprocessing and training, whatever the branch.
 
 A shard folder holds ``shard-NNNNN.parquet`` files and a ``manifest.json`` (see
-``datasets.manifest``). Each Parquet row is one video (facial) or one joint sequence (gesture).
-Array payloads are stored as raw bytes in a ``large_binary`` column next to explicit shape
-columns, not as Arrow tensor columns: Parquet
-stores tensor columns as repeated lists, which decode 3-10x slower (measured in
-``benchmarks/pipeline.py``). :func:`facial_frames` / :func:`gesture_arrays` turn a row (from
-pyarrow, or from a Ray Data numpy batch) back into numpy arrays without copying.
-
-Facial row: id, subject, label (int16, index into the manifest's ``classes``), label_name,
-n_frames, size, frames (n_frames*size*size*3 uint8, C order, RGB), face_fraction, centre_cropped,
-source. Gesture row: id, subject, label, label_name, n_frames, n_joints, dims, joints
-(n_frames*n_joints*dims float32), confidence (n_frames*n_joints float32), layout, source.
+``datasets.manifest``). Each Parquet row is one item of a branch; its schema, row type and
+payload readers live with the branch (``branches/<branch>/data.py``). Array payloads are stored
+as raw bytes in a ``large_binary`` column next to explicit shape columns, not as Arrow tensor
+columns: Parquet stores tensor columns as repeated lists, which decode 3-10x slower (measured in
+``benchmarks/pipeline.py``). This module writes and lists shard files, reads tables and plans
+the row groups a fold's readers take.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,126 +22,6 @@ from datasets.storage import atomic_write_bytes, join, list_files, read_bytes, r
 
 SCHEMA_VERSION = 1
 SHARD_PATTERN = "shard-{:05d}.parquet"
-
-FACIAL_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("subject", pa.string()),
-        ("label", pa.int16()),
-        ("label_name", pa.string()),
-        ("n_frames", pa.int32()),
-        ("size", pa.int32()),
-        ("frames", pa.large_binary()),
-        ("face_fraction", pa.float32()),
-        ("centre_cropped", pa.bool_()),
-        ("source", pa.string()),
-    ],
-    metadata={"emovis.schema_version": str(SCHEMA_VERSION), "emovis.rows": "video"},
-)
-
-GESTURE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("subject", pa.string()),
-        ("label", pa.int16()),
-        ("label_name", pa.string()),
-        ("n_frames", pa.int32()),
-        ("n_joints", pa.int32()),
-        ("dims", pa.int32()),
-        ("joints", pa.large_binary()),
-        ("confidence", pa.large_binary()),
-        ("layout", pa.string()),
-        ("source", pa.string()),
-    ],
-    metadata={"emovis.schema_version": str(SCHEMA_VERSION), "emovis.rows": "joint-sequence"},
-)
-
-
-@dataclass(frozen=True)
-class FacialRow:
-    """One preprocessed video, ready to be written as a facial shard row."""
-
-    id: str
-    subject: str
-    label: int
-    label_name: str
-    frames: np.ndarray  # (n, S, S, 3) uint8
-    face_fraction: float
-    centre_cropped: bool
-    source: str
-
-
-@dataclass(frozen=True)
-class GestureRow:
-    """One joint sequence (missing joints already filled), ready to be written as a shard row."""
-
-    id: str
-    subject: str
-    label: int
-    label_name: str
-    joints: np.ndarray  # (T, J, D) float32
-    confidence: np.ndarray  # (T, J) float32
-    layout: str
-    source: str
-
-
-def facial_table(rows: Sequence[FacialRow]) -> pa.Table:
-    """Arrow table of facial rows (schema :data:`FACIAL_SCHEMA`)."""
-    for r in rows:
-        f = r.frames
-        if f.dtype != np.uint8 or f.ndim != 4 or f.shape[1] != f.shape[2] or f.shape[3] != 3:
-            raise ValueError(f"{r.id}: frames must be (n, S, S, 3) uint8, got {f.dtype} {f.shape}")
-    cols = {
-        "id": [r.id for r in rows],
-        "subject": [r.subject for r in rows],
-        "label": [r.label for r in rows],
-        "label_name": [r.label_name for r in rows],
-        "n_frames": [r.frames.shape[0] for r in rows],
-        "size": [r.frames.shape[1] for r in rows],
-        "frames": [np.ascontiguousarray(r.frames).tobytes() for r in rows],
-        "face_fraction": [float(r.face_fraction) for r in rows],
-        "centre_cropped": [bool(r.centre_cropped) for r in rows],
-        "source": [r.source for r in rows],
-    }
-    return pa.Table.from_pydict(cols, schema=FACIAL_SCHEMA)
-
-
-def gesture_table(rows: Sequence[GestureRow]) -> pa.Table:
-    """Arrow table of gesture rows (schema :data:`GESTURE_SCHEMA`)."""
-    for r in rows:
-        if r.joints.ndim != 3 or r.confidence.shape != r.joints.shape[:2]:
-            raise ValueError(f"{r.id}: joints {r.joints.shape} / confidence {r.confidence.shape}")
-    cols = {
-        "id": [r.id for r in rows],
-        "subject": [r.subject for r in rows],
-        "label": [r.label for r in rows],
-        "label_name": [r.label_name for r in rows],
-        "n_frames": [r.joints.shape[0] for r in rows],
-        "n_joints": [r.joints.shape[1] for r in rows],
-        "dims": [r.joints.shape[2] for r in rows],
-        "joints": [np.ascontiguousarray(r.joints, np.float32).tobytes() for r in rows],
-        "confidence": [np.ascontiguousarray(r.confidence, np.float32).tobytes() for r in rows],
-        "layout": [r.layout for r in rows],
-        "source": [r.source for r in rows],
-    }
-    return pa.Table.from_pydict(cols, schema=GESTURE_SCHEMA)
-
-
-def facial_frames(frames: bytes, n_frames: int, size: int) -> np.ndarray:
-    """Decode a row's ``frames`` payload into a read-only (n, S, S, 3) uint8 view."""
-    return np.frombuffer(frames, dtype=np.uint8).reshape(int(n_frames), int(size), int(size), 3)
-
-
-def gesture_arrays(
-    joints: bytes, confidence: bytes, n_frames: int, n_joints: int, dims: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a row's joint payloads into (T, J, D) and (T, J) float32 views."""
-    t, j = int(n_frames), int(n_joints)
-    return (
-        np.frombuffer(joints, dtype=np.float32).reshape(t, j, int(dims)),
-        np.frombuffer(confidence, dtype=np.float32).reshape(t, j),
-    )
-
 
 ROW_GROUP_BYTES = 1 << 20
 

@@ -91,7 +91,7 @@ def _to_rgb(frame: np.ndarray, path: str | Path) -> np.ndarray:
     raise BadInput(str(path), f"unsupported frame shape {frame.shape}")
 
 
-def _check_max_frames(max_frames: int | None) -> None:
+def check_max_frames(max_frames: int | None) -> None:
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
 
@@ -206,7 +206,7 @@ def decode_frames(path: str | Path, max_frames: int | None = None) -> DecodedFra
     missing path, a zero-byte file, a file that is not a video, a video where no frame decodes, an
     empty folder, an unreadable image or a video whose frame size changes.
     """
-    _check_max_frames(max_frames)
+    check_max_frames(max_frames)
     p = Path(path)
     if not p.exists():
         raise BadInput(str(p), "path does not exist")
@@ -229,3 +229,16 @@ def read_frames(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     videos return the frames that decode; mixed sizes in a folder are resized to the first).
     """
     return decode_frames(path, max_frames).frames
+
+
+def video_fps(path: str) -> float | None:
+    """Frames per second a video container declares (None for folders, images, unknown)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    cap = open_capture(p)
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return fps if np.isfinite(fps) and fps > 0 else None

@@ -1,18 +1,19 @@
 """Raw videos / joint files -> Parquet shards, as a job of Ray tasks.
 
-BRANCH is facial (videos or image sequences; ckplus is facial only) or gesture (joint files).
+BRANCH is facial (videos or image sequences; ckplus is facial only), gesture (joint files), or
+a branch of your own named MODULE:NAME.
 
-The per-item work (decode, detect, crop; read and fill joints) is the branch's own function in
-``datasets/items.py``; this module is the Ray job around it. Items are planned into shards of
-``--per-shard`` items (sorted by id, so the plan is stable); one Ray task turns one planned shard
-into one Parquet file (temporary name, then rename) plus a small summary file
-(``distributed/preprocessing/tasks.py``). Re-running over
-the same output keeps finished shards and does only the rest; SIGINT (Ctrl-C) or SIGTERM stops
-the job, keeps its finished shards and names, in one line, the command that continues (exit 130
-or 143). A bad item is skipped, counted and reported with its reason (so is a joint file of
-another layout than the set's majority); the job fails only when nothing usable is left. Fewer
-than two classes, and flags that make no sense, are refused before any work. The manifest
-(classes, counts, folds, provenance) is written last; a re-run keeps its default protocol.
+The per-item work (decode, detect, crop; read and fill joints) is the branch's own function
+(``branches/<branch>/data.py``); this module is the Ray job around it. Items are planned into
+shards of ``--per-shard`` items (sorted by id, so the plan is stable); one Ray task turns one
+planned shard into one Parquet file (temporary name, then rename) plus a small summary file
+(``distributed/preprocessing/tasks.py``). Re-running over the same output keeps finished shards
+and does only the rest; SIGINT (Ctrl-C) or SIGTERM stops the job, keeps its finished shards and
+names, in one line, the command that continues (exit 130 or 143). A bad item is skipped, counted
+and reported with its reason (so is a joint file of another layout than the set's majority); the
+job fails only when nothing usable is left. Fewer than two classes, and flags that make no
+sense, are refused before any work. The manifest (classes, counts, folds, provenance) is written
+last; a re-run keeps its default protocol.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from branches import BRANCH_HELP, Branch, branch_arg, get_branch
+from branches.gesture.data import JOINT_EXTENSIONS
 from datasets import shards, sources, storage
-from datasets.items import JOINT_EXTENSIONS
 from datasets.layouts import LAYOUTS, RELEASES, VIDEO_ONLY
 from datasets.manifest import Counts, Manifest, default_to_keep, write_manifest
 from datasets.protocols import ProtocolError

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from branches.facial.data import FacialOptions
 from datasets import faces
-from datasets.items import FacialOptions
 
 pytestmark = pytest.mark.timeout(120)
 

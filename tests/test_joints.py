@@ -296,7 +296,7 @@ def test_synthetic_raise_and_lower_are_opposite_in_time():
 def test_kinect_metres_become_the_references_units_in_the_shard_row(tmp_path):
     """The paper's code maps Kinect coordinates with (1 - v) * 372 before normalising (which
     truncates to whole units); the shard row holds those units, other layouts stay as read."""
-    from datasets.items import GestureOptions, gesture_row
+    from branches.gesture.data import GestureOptions, gesture_row
     from datasets.records import JointSequence, SourceItem
 
     rng = np.random.default_rng(5)

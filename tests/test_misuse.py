@@ -240,8 +240,8 @@ def test_unwritable_outputs_fail_in_one_line(gesture_shards, tmp_path, capsys):
 
 
 def test_an_image_sequence_keeps_its_readable_frames(tmp_path):
+    from branches.facial.data import FacialOptions, process_facial_item
     from datasets.faces import make_detector
-    from datasets.items import FacialOptions, process_facial_item
     from datasets.video import decode_frames
 
     seq = tmp_path / "seq"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from branches.gesture.data import gesture_arrays
 from datasets import pose
 
 pytestmark = [
@@ -57,7 +58,7 @@ def test_pose_preprocessing_writes_33_landmarks_and_skips_the_noise(pose_shards)
     table = shards.read_table(pose_shards)
     assert set(table["layout"].to_pylist()) == {"mediapipe33"}
     for rec in table.to_pylist():
-        joints, conf = shards.gesture_arrays(rec["joints"], rec["confidence"], rec["n_frames"],
+        joints, conf = gesture_arrays(rec["joints"], rec["confidence"], rec["n_frames"],
                                              rec["n_joints"], rec["dims"])  # fmt: skip
         assert joints.shape == (16, 33, 2) and np.isfinite(joints).all()
         assert (conf > 0.5).mean() > 0.3  # shoulders, hips, face: seen

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from branches.facial.data import facial_frames
 from datasets import shards
 from datasets.manifest import read_manifest
 from distributed import predict
@@ -49,7 +50,7 @@ def _spread_head(model, root, cfg):
 
     table = shards.read_table(root, columns=["frames", "n_frames", "size"])
     videos = [
-        shards.facial_frames(f, n, s)
+        facial_frames(f, n, s)
         for f, n, s in zip(
             table["frames"].to_pylist(), table["n_frames"].to_pylist(), table["size"].to_pylist()
         )
@@ -107,7 +108,7 @@ def test_facial_predict_matches_evaluate_on_the_raw_videos(facial_ckpt, facial_p
     assert np.ptp(ref, axis=0).max() > 1e-3, "untrained outputs do not vary: the check is blind"
     for i in ids:
         assert got[i].label == names[int(np.argmax(expected[i]))]
-        assert got[i].face_fraction > 0.5 and not got[i].warnings
+        assert got[i].extras["face_fraction"] > 0.5 and not got[i].warnings
         # the timeline is the clip stream whose mean is the model's p1
         tl = got[i].timeline
         assert len(tl) == 2 and tl[0].start_frame == 0 and tl[-1].end_frame == got[i].n_frames - 1
@@ -123,7 +124,7 @@ def test_facial_predict_matches_evaluate_on_the_raw_videos(facial_ckpt, facial_p
     np.testing.assert_allclose(list(direct.probabilities.values()), ref[0], atol=1e-5)
     table = shards.read_table(facial_pair_shards, columns=["id", "frames", "n_frames", "size"])
     k = table["id"].to_pylist().index(ids[0])
-    crops = shards.facial_frames(table["frames"][k].as_py(), table["n_frames"][k].as_py(),
+    crops = facial_frames(table["frames"][k].as_py(), table["n_frames"][k].as_py(),
                                  table["size"][k].as_py())  # fmt: skip
     cropped = p.predict_frames(crops, already_cropped=True)
     np.testing.assert_allclose(list(cropped.probabilities.values()), ref[0], atol=1e-5)
@@ -139,7 +140,7 @@ def test_timeline_is_the_clip_stream_and_accepts_more_clips(facial_ckpt, facial_
     from datasets.clips import sample_clips
 
     row = prep.table.to_pylist()[0]
-    video = shards.facial_frames(row["frames"], row["n_frames"], row["size"])
+    video = facial_frames(row["frames"], row["n_frames"], row["size"])
     x = torch.from_numpy(sample_clips(video, 4, 2)[None]).permute(0, 1, 2, 5, 3, 4)
     model = p.mf.model
     with torch.no_grad():
@@ -171,7 +172,7 @@ def test_gesture_predict_matches_evaluate(gesture_ckpt, gesture_shards):
     ref = np.array([expected[i] for i in ids])
     np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-5)
     assert np.ptp(ref, axis=0).max() > 1e-3
-    assert all(g.timeline == () and g.face_fraction is None for g in got)
+    assert all(g.timeline == () and g.extras == {} for g in got)  # no face field on bodies
     raw = np.load(sources[0])
     joints = np.where(raw["confidence"][..., None] > 0, raw["joints"], np.nan)
     np.testing.assert_allclose(

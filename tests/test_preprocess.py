@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from branches.facial.data import facial_frames
 from datasets import manifest as manifest_mod
 from datasets import shards
 from distributed import preprocess
@@ -71,7 +72,7 @@ def test_facial_job_writes_shards_and_manifest(facial_source, tmp_path, ray_sess
     assert manifest["git_commit"]
     # Frames decode to (n, 48, 48, 3) uint8; the Haar detector found faces in most frames.
     for rec in table.to_pylist():
-        frames = shards.facial_frames(rec["frames"], rec["n_frames"], rec["size"])
+        frames = facial_frames(rec["frames"], rec["n_frames"], rec["size"])
         assert frames.shape[1:] == (48, 48, 3) and frames.dtype == np.uint8
         assert manifest["classes"][rec["label"]] == rec["label_name"]
     assert np.mean(table["face_fraction"].to_numpy()) > 0.5

@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from branches.facial.data import FacialRow, facial_frames, facial_table
+from branches.gesture.data import GestureRow, gesture_arrays, gesture_table
 from datasets import shards, storage
 from datasets.manifest import Counts, Manifest, read_manifest, write_manifest
 
@@ -12,7 +14,7 @@ from datasets.manifest import Counts, Manifest, read_manifest, write_manifest
 def _facial_rows(n=3, size=8, seed=0):
     rng = np.random.default_rng(seed)
     return [
-        shards.FacialRow(
+        FacialRow(
             id=f"s{i}/v",
             subject=f"s{i}",
             label=i % 2,
@@ -29,7 +31,7 @@ def _facial_rows(n=3, size=8, seed=0):
 def _gesture_rows(n=3, seed=0):
     rng = np.random.default_rng(seed)
     return [
-        shards.GestureRow(
+        GestureRow(
             id=f"g{i}",
             subject=f"s{i}",
             label=i,
@@ -45,11 +47,11 @@ def _gesture_rows(n=3, seed=0):
 
 def test_facial_round_trip_pyarrow(tmp_path):
     rows = _facial_rows()
-    shards.write_shard(shards.facial_table(rows), shards.shard_path(str(tmp_path), 0))
+    shards.write_shard(facial_table(rows), shards.shard_path(str(tmp_path), 0))
     table = shards.read_table(str(tmp_path))
     assert table.schema.metadata[b"emovis.schema_version"] == str(shards.SCHEMA_VERSION).encode()
     for r, rec in zip(rows, table.to_pylist()):
-        got = shards.facial_frames(rec["frames"], rec["n_frames"], rec["size"])
+        got = facial_frames(rec["frames"], rec["n_frames"], rec["size"])
         np.testing.assert_array_equal(got, r.frames)
         assert (rec["id"], rec["subject"], rec["label"], rec["source"]) == (
             r.id,
@@ -61,9 +63,9 @@ def test_facial_round_trip_pyarrow(tmp_path):
 
 def test_gesture_round_trip_pyarrow(tmp_path):
     rows = _gesture_rows()
-    shards.write_shard(shards.gesture_table(rows), shards.shard_path(str(tmp_path), 3))
+    shards.write_shard(gesture_table(rows), shards.shard_path(str(tmp_path), 3))
     for r, rec in zip(rows, shards.read_table(str(tmp_path)).to_pylist()):
-        j, c = shards.gesture_arrays(
+        j, c = gesture_arrays(
             rec["joints"], rec["confidence"], rec["n_frames"], rec["n_joints"], rec["dims"]
         )
         np.testing.assert_array_equal(j, r.joints)
@@ -72,21 +74,21 @@ def test_gesture_round_trip_pyarrow(tmp_path):
 
 def test_bad_frames_rejected():
     row = _facial_rows(1)[0]
-    bad = shards.FacialRow(**{**row.__dict__, "frames": row.frames.astype(np.float32)})
+    bad = FacialRow(**{**row.__dict__, "frames": row.frames.astype(np.float32)})
     with pytest.raises(ValueError, match="uint8"):
-        shards.facial_table([bad])
+        facial_table([bad])
 
 
 @pytest.mark.timeout(120)
 def test_round_trip_through_ray_data(tmp_path, ray_session):
     rows = _facial_rows(5)
-    shards.write_shard(shards.facial_table(rows[:2]), shards.shard_path(str(tmp_path), 0))
-    shards.write_shard(shards.facial_table(rows[2:]), shards.shard_path(str(tmp_path), 1))
+    shards.write_shard(facial_table(rows[:2]), shards.shard_path(str(tmp_path), 0))
+    shards.write_shard(facial_table(rows[2:]), shards.shard_path(str(tmp_path), 1))
     ds = ray_session.data.read_parquet(shards.shard_files(str(tmp_path)))
     got = {}
     for batch in ds.iter_batches(batch_size=2, batch_format="numpy"):
         for i, payload, n, s in zip(batch["id"], batch["frames"], batch["n_frames"], batch["size"]):
-            got[str(i)] = shards.facial_frames(payload, n, s)
+            got[str(i)] = facial_frames(payload, n, s)
     assert sorted(got) == sorted(r.id for r in rows)
     for r in rows:
         np.testing.assert_array_equal(got[r.id], r.frames)
@@ -103,7 +105,7 @@ def test_atomic_write_leaves_no_temporaries(tmp_path):
 def test_file_uri_storage(tmp_path):
     root = "file://" + str(tmp_path / "u")
     storage.makedirs(root)
-    shards.write_shard(shards.facial_table(_facial_rows(2)), shards.shard_path(root, 0))
+    shards.write_shard(facial_table(_facial_rows(2)), shards.shard_path(root, 0))
     counts = Counts(2, 2, 0, 0, {"a": 1, "b": 1}, 2)
     write_manifest(root, Manifest("facial", ("a", "b"), {}, counts, None))
     assert storage.list_files(root)[0].startswith("file://")

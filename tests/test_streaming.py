@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from branches.facial.data import FacialRow, facial_table
 from datasets import shards
 from datasets.manifest import read_manifest, read_protocol
 from distributed.core.config import default_config
@@ -43,7 +44,7 @@ def _big_rows(n, frames=8, size=160, seed=0):
     """Rows of ~600 kB of noise each (incompressible: stored bytes are the payload)."""
     rng = np.random.default_rng(seed)
     return [
-        shards.FacialRow(
+        FacialRow(
             id=f"v{i:03d}",
             subject=f"s{i % 7}",
             label=i % 3,
@@ -58,9 +59,9 @@ def _big_rows(n, frames=8, size=160, seed=0):
 
 
 def test_row_groups_are_sized_in_bytes():
-    big = shards.facial_table(_big_rows(2))
+    big = facial_table(_big_rows(2))
     assert shards.row_group_rows(big) == 1  # a video of ~600 kB is a group of its own
-    small = shards.facial_table(_big_rows(100, frames=1, size=4))
+    small = facial_table(_big_rows(100, frames=1, size=4))
     assert shards.row_group_rows(small) == 64
 
 
@@ -68,9 +69,7 @@ def test_a_fold_of_one_fifth_reads_one_fifth_of_the_bytes(tmp_path):
     rows = _big_rows(40)
     root = str(tmp_path / "shards")
     for k in range(4):  # 4 files of 10 id-sorted rows, as preprocessing plans them
-        shards.write_shard(
-            shards.facial_table(rows[10 * k : 10 * k + 10]), shards.shard_path(root, k)
-        )
+        shards.write_shard(facial_table(rows[10 * k : 10 * k + 10]), shards.shard_path(root, k))
     ids = [r.id for r in np.random.default_rng(1).permutation(rows)[:8]]  # 1/5, scattered
     columns = ["id", "label", "n_frames", "size", "frames"]
     groups = [g for f in shards.shard_files(root) for g in shards.row_groups(f, columns)]

@@ -38,7 +38,7 @@ def _prepare_batch(batch: dict, branch: str, data: dict) -> dict:
             meta = json.dumps(
                 {
                     "fps": prep.fps,
-                    "face_fraction": prep.face_fraction,
+                    "extras": prep.extras,
                     "warnings": list(prep.warnings),
                 }
             )
@@ -103,7 +103,7 @@ class ModelActor:
                         str(batch["path"][i]),
                         table,
                         meta["fps"],
-                        meta["face_fraction"],
+                        meta["extras"],
                         tuple(meta["warnings"]),
                     ),
                 )

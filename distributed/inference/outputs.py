@@ -45,7 +45,6 @@ CSV_FIELDS = (
     "start_s",
     "end_s",
     "label",
-    "face_fraction",
     "warnings",
 )
 
@@ -53,7 +52,10 @@ CSV_FIELDS = (
 def results_csv(results: list[dict], class_names: list[str]) -> str:
     """Long CSV: per item one ``clip=all`` row, then one row per timeline clip."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, [*CSV_FIELDS, *[f"p_{c}" for c in class_names]], restval="")
+    # what a branch adds to its predictions (the facial branch: face_fraction), after the fields
+    known = {*CSV_FIELDS, "source", "probabilities", "timeline", "n_frames"}
+    extras = sorted({k for r in results if r["status"] == "ok" for k in r} - known)
+    w = csv.DictWriter(buf, [*CSV_FIELDS, *extras, *[f"p_{c}" for c in class_names]], restval="")
     w.writeheader()
     for r in results:
         row = {"id": r["id"], "path": r["path"], "status": r["status"], "clip": "all"}
@@ -61,7 +63,7 @@ def results_csv(results: list[dict], class_names: list[str]) -> str:
             w.writerow({**row, "error": r["error"]})
             continue
         probs = {f"p_{c}": r["probabilities"][c] for c in class_names}
-        extra = {"face_fraction": r["face_fraction"], "warnings": " | ".join(r["warnings"])}
+        extra = {k: r.get(k, "") for k in extras} | {"warnings": " | ".join(r["warnings"])}
         span = {"start_frame": 0, "end_frame": r["n_frames"] - 1}
         w.writerow({**row, **span, "label": r["label"], **extra, **probs})
         for clip in r["timeline"]:

@@ -21,26 +21,29 @@ import torch
 
 from branches.base import numpy_batch
 from datasets import storage
-from datasets.items import video_fps
+from datasets.video import video_fps
 from distributed.inference.evaluation import probabilities
 from distributed.training.checkpoint import ModelFile, load_model
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """What the model says about one item. ``face_fraction`` is None for joint input."""
+    """What the model says about one item; ``extras``: what its branch adds about the input
+    (the facial branch: ``face_fraction``, the share of frames where a face was found)."""
 
     source: str
     label: str
     probabilities: dict[str, float]
     timeline: tuple = ()
-    face_fraction: float | None = None
+    extras: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     n_frames: int = 0
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready dict."""
-        return asdict(self)
+        """Plain JSON-ready dict (the branch's extras at the top level)."""
+        out = asdict(self)
+        out.update(out.pop("extras"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Prepared:
     source: str
     table: pa.Table
     fps: float | None = None
-    face_fraction: float | None = None
+    extras: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def to_ipc(self) -> bytes:
@@ -68,13 +71,8 @@ class Prepared:
 
 def prepared(branch, data, source: str, row, fps: float | None = None) -> Prepared:
     """A preprocessed row as a :class:`Prepared` item (its one-row table and warnings)."""
-    fraction = getattr(row, "face_fraction", None)
     return Prepared(
-        source,
-        branch.table([row]),
-        fps,
-        None if fraction is None else float(fraction),
-        branch.warnings(row, data),
+        source, branch.table([row]), fps, branch.prediction_extras(row), branch.warnings(row, data)
     )
 
 
@@ -132,7 +130,7 @@ class Predictor:
             raise ValueError("predict_frames needs a facial checkpoint; use predict_joints")
         row = self.branch.row_from_frames(frames, self.data, self.context, already_cropped)
         prep = self._prepared("<array>", row)
-        return replace(prep, face_fraction=None, warnings=()) if already_cropped else prep
+        return replace(prep, extras={}, warnings=()) if already_cropped else prep
 
     def prepare_joints(self, joints: np.ndarray) -> Prepared:
         """(T, J, D) joints, NaN where missing -> a row as the shard job stores it."""
@@ -166,7 +164,7 @@ class Predictor:
                     label=self.class_names[int(np.argmax(p))],
                     probabilities=dict(zip(self.class_names, (float(v) for v in p))),
                     timeline=timeline,
-                    face_fraction=it.face_fraction,
+                    extras=dict(it.extras),
                     warnings=tuple(it.warnings),
                     n_frames=int(batch["n_frames"][i]),
                 )

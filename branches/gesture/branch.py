@@ -1,6 +1,6 @@
 """The body-gesture branch: joint sequences -> trajectory images -> ACCM (or the CNN baseline).
 
-Shard rows hold each sequence's filled joints (``datasets.shards.GestureRow``); the image-like
+Shard rows hold each sequence's filled joints (``datasets.GestureRow``); the image-like
 representation (Wei et al. 2024: with a timeline, single map, or PoTion-like without one) is
 built on the worker's device from the stored joints, so its size S and length L are free
 parameters of training and of the search, not of preprocessing.
@@ -15,8 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from branches.base import Branch, DataInfo, Demo, check_allowed, check_field_types
-from datasets import shards
-from datasets.items import JOINT_EXTENSIONS, GestureOptions, process_gesture_item
+from branches.gesture.data import (
+    JOINT_EXTENSIONS,
+    GestureOptions,
+    gesture_arrays,
+    gesture_table,
+    process_gesture_item,
+)
 from datasets.records import BadInput, SourceItem
 from datasets.representations import host_check
 
@@ -76,7 +81,7 @@ class GestureCollate:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         check_allowed(batch["id"], self.forbidden)
         seqs = [
-            shards.gesture_arrays(j, c, t, nj, d)[0][..., :2]  # (T, J, 2): x, y only
+            gesture_arrays(j, c, t, nj, d)[0][..., :2]  # (T, J, 2): x, y only
             for j, c, t, nj, d in zip(
                 batch["joints"],
                 batch["confidence"],
@@ -167,7 +172,7 @@ class GestureBranch(Branch):
         return process_gesture_item(item, label, options)
 
     def table(self, rows):
-        return shards.gesture_table(rows)
+        return gesture_table(rows)
 
     def fold_columns(self):
         return ("id", "subject", "label", "n_joints")
@@ -241,7 +246,7 @@ class GestureBranch(Branch):
 
     def row_from_joints(self, joints, data: DataInfo):
         """A row from (T, J, D) joints with NaN where missing, as the shard job stores it."""
-        from datasets.items import gesture_row
+        from branches.gesture.data import gesture_row
         from datasets.records import JointSequence
 
         joints = np.asarray(joints, np.float32)

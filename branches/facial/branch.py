@@ -1,6 +1,6 @@
 """The facial branch: face crops of videos -> SISTCM (or the ResNet baseline) + the TLSTM head.
 
-Shard rows hold each video's face crops as uint8 (``datasets.shards.FacialRow``); clips are
+Shard rows hold each video's face crops as uint8 (``datasets.FacialRow``); clips are
 sampled per epoch on the workers (random C x K frames for training, the deterministic evaluation
 clips otherwise, as Wei et al. 2024 sample them), and frames become float on the device inside
 the model.
@@ -14,9 +14,15 @@ import numpy as np
 import torch
 
 from branches.base import Branch, DataInfo, Demo, check_allowed, check_field_types
-from datasets import shards
+from branches.facial.data import (
+    FacialOptions,
+    FacialRow,
+    facial_frames,
+    facial_row,
+    facial_table,
+    process_facial_item,
+)
 from datasets.clips import clip_indices, item_rng, sample_clips
-from datasets.items import FacialOptions, facial_row, process_facial_item
 from datasets.records import SourceItem
 
 HEADS = ("p1", "p2", "p3", "fused", "sum")
@@ -90,7 +96,7 @@ class FacialCollate:
         for item_id, payload, n, s in zip(
             batch["id"], batch["frames"], batch["n_frames"], batch["size"]
         ):
-            video = shards.facial_frames(payload, n, s)
+            video = facial_frames(payload, n, s)
             rng = item_rng(self.seed, self.epoch, str(item_id)) if self.train else None
             out.append(sample_clips(video, self.clips, self.frames, rng))
         x = torch.from_numpy(np.stack(out))  # (B, C, K, S, S, 3)
@@ -196,7 +202,7 @@ class FacialBranch(Branch):
         return process_facial_item(item, label, options, context, notes)
 
     def table(self, rows):
-        return shards.facial_table(rows)
+        return facial_table(rows)
 
     # ------------------------------------------------------------ training
     def collate(self, cfg: FacialModelConfig, *, train, seed, epoch, forbidden=frozenset()):
@@ -265,7 +271,10 @@ class FacialBranch(Branch):
                     for f in frames
                 ]
             )  # (n, S, S, 3)
-        return shards.FacialRow("<array>", "", 0, "", frames, 1.0, False, "<array>")
+        return FacialRow("<array>", "", 0, "", frames, 1.0, False, "<array>")
+
+    def prediction_extras(self, row) -> dict:
+        return {"face_fraction": float(row.face_fraction)}
 
     def warnings(self, row, data: DataInfo):
         if row.centre_cropped:
@@ -283,7 +292,7 @@ class FacialBranch(Branch):
     def timeline(self, cfg: FacialModelConfig, model, batch, i, clips, fps, classes):
         """The TLSTM clip stream over ``clips`` clips of the video: per-clip probabilities with
         each clip's frame segment and time span."""
-        video = shards.facial_frames(batch["frames"][i], batch["n_frames"][i], batch["size"][i])
+        video = facial_frames(batch["frames"][i], batch["n_frames"][i], batch["size"][i])
         n = video.shape[0]
         x = torch.from_numpy(sample_clips(video, clips, cfg.frames)[None])  # (1, N, K, S, S, 3)
         device = next(model.parameters()).device
