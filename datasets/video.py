@@ -92,8 +92,9 @@ def _to_rgb(frame: np.ndarray, path: str | Path) -> np.ndarray:
 
 
 def check_max_frames(max_frames: int | None) -> None:
+    """``max_frames`` (``--max-frames``: frames kept per video) is None or at least 1."""
     if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+        raise ValueError(f"--max-frames must be >= 1 (frames kept per video), got {max_frames}")
 
 
 def sniff_container(path: str | Path) -> str | None:

@@ -167,19 +167,30 @@ def test_a_killed_trial_process_is_restarted_from_its_checkpoint(
     import signal
     import threading
 
-    from ray.util.state import list_actors
+    import ray
 
     killed: list[int] = []
+
+    def trial_pids() -> list[int]:
+        """Live function-trial actors, from the GCS's actor table (the state API's HTTP
+        server times out on a loaded machine)."""
+        return [
+            a["Pid"]
+            for a in ray._private.state.actors().values()
+            if a.get("ActorClassName") == "ImplicitFunc" and a.get("State") == "ALIVE"
+        ]
 
     def kill_the_trial_after_its_first_checkpoint() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
             if list((tmp_path / "x").glob("outer0/*/checkpoint_*")):
-                for actor in list_actors(
-                    filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
-                ):
-                    os.kill(actor.pid, signal.SIGKILL)
-                    killed.append(actor.pid)
+                try:
+                    pids = trial_pids()
+                except Exception:  # noqa: BLE001 -- a busy GCS: ask again
+                    pids = []
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
             time.sleep(0.2)
 
     watcher = threading.Thread(target=kill_the_trial_after_its_first_checkpoint, daemon=True)
