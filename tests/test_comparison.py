@@ -158,7 +158,7 @@ def two_runs(gesture_shards, ray_session, tmp_path_factory):
         point = {"representation": "timeline", "width": 16, "lr": lr}
         space.write_text(json.dumps({"space": {"lr": {"choice": [lr]}}, "start": [point]}))
         argv = ["gesture", "--smoke", "--shards", gesture_shards, "--folds", "2", "--samples",
-                "1", "--epochs", "3", "--max-concurrent", "1", "--space", str(space),
+                "1", "--epochs", "2", "--max-concurrent", "1", "--space", str(space),
                 "--storage", str(tmp), "--name", name]  # fmt: skip
         assert tune.main(argv) == 0
         runs[name] = tmp / name

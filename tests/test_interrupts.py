@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed import train, tune
+from distributed import tune
 from tests.procs import in_session
 
 pytestmark = pytest.mark.timeout(300)
@@ -115,8 +115,8 @@ def _first_checkpoint(out: Path):
     return lambda: any(out.glob("*/checkpoint_*/.complete"))
 
 
-def test_sigterm_stops_a_local_fit_keeping_its_checkpoint_and_the_same_command_resumes(
-    gesture_shards, tmp_path, ray_session, capsys
+def test_sigterm_stops_a_local_fit_naming_its_checkpoint_and_the_command_that_resumes(
+    gesture_shards, tmp_path
 ):
     argv = _train_argv(gesture_shards, tmp_path / "out", 12)
     cmd = Command("distributed.train", argv, tmp_path / "stdout.txt")
@@ -127,12 +127,10 @@ def test_sigterm_stops_a_local_fit_keeping_its_checkpoint_and_the_same_command_r
     line = _one_line(err, "interrupted (SIGTERM): kept the checkpoint of epoch ")
     assert "no model written" in line
     assert not (tmp_path / "out" / "gesture-fold0-inner0" / "model.pt").exists()
-    epoch = int(re.search(r"epoch (\d+)", line).group(1))
+    kept = Path(line.split("): ", 1)[1].split(";", 1)[0])
+    assert (kept / ".complete").exists(), line  # the checkpoint it names is whole
     again = shlex.split(line.split("resumes from it: ", 1)[1])
-    assert again[3:] == argv
-    capsys.readouterr()
-    assert train.main(again[3:]) == 0
-    assert f"resuming from epoch {epoch} of fold 0 inner 0" in capsys.readouterr().out
+    assert again[3:] == argv  # (that re-running resumes: tests/test_hostile_cli.py)
 
 
 def test_a_second_ctrl_c_ends_at_once_and_takes_the_local_ray_with_it(gesture_shards, tmp_path):

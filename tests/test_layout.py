@@ -92,3 +92,14 @@ def test_the_layout_registry_is_what_preprocess_folds_and_the_readme_offer():
     readme = (ROOT / "README.md").read_text()
     for key in LAYOUTS:
         assert f"| `{key}`" in readme, f"the README's datasets table lacks the {key} layout"
+
+
+def test_the_repository_root_is_where_the_code_says():
+    """Ray workers get REPO_ROOT on their PYTHONPATH and the demo sets live under it: a module
+    moved into a room must not move it (it once pointed at distributed/)."""
+    from distributed.core.runtime import REPO_ROOT
+    from distributed.preprocessing import demo
+
+    assert REPO_ROOT == ROOT
+    assert (REPO_ROOT / "branches").is_dir() and (REPO_ROOT / "distributed").is_dir()
+    assert demo.__file__.startswith(str(ROOT / "distributed"))

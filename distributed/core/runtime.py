@@ -9,7 +9,7 @@ from pathlib import Path
 
 from distributed.core.commands import signal_handlers_kept
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # distributed/core/runtime.py -> the repository
 
 log = logging.getLogger("emovis")
 
