@@ -127,7 +127,7 @@ def test_sigterm_stops_a_local_fit_naming_its_checkpoint_and_the_command_that_re
     line = _one_line(err, "interrupted (SIGTERM): kept the checkpoint of epoch ")
     assert "no model written" in line
     assert not (tmp_path / "out" / "gesture-fold0-inner0" / "model.pt").exists()
-    kept = Path(line.split("): ", 1)[1].split(";", 1)[0])
+    kept = Path(re.search(r"\(fold \d+\): ([^;]+);", line).group(1))
     assert (kept / ".complete").exists(), line  # the checkpoint it names is whole
     again = shlex.split(line.split("resumes from it: ", 1)[1])
     assert again[3:] == argv  # (that re-running resumes: tests/test_hostile_cli.py)
