@@ -363,4 +363,5 @@ def test_sigterm_stops_preprocess_with_exit_143(tmp_path, ray_session, capsys):
     lines = [x for x in io.err.splitlines() if x.strip() and not RAY_WORKER_LINE.match(x)]
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM): 24 of 25 shards"), io.err
     assert signal.getsignal(signal.SIGTERM) is before
+    assert ray_session.is_initialized()  # the caller's Ray is the caller's to stop
     pipe.unlink()

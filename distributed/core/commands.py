@@ -208,10 +208,17 @@ def start_over(module: str, argv: list[str] | None) -> Callable[[], str]:
 
 
 def run_stoppable(main: Callable[[], int], stopped: Callable[[], str]) -> int:
-    """:func:`run` inside :func:`stop_on_signals`: on SIGINT or SIGTERM this process's Ray
-    connection (and a local instance with its workers) is shut down, ``interrupted (SIGINT):``
-    and ``stopped()`` (what was kept, and the command that continues) go to stderr as one line,
-    and the exit code is 130 or 143. Nothing after the interrupt is written."""
+    """:func:`run` inside :func:`stop_on_signals`: on SIGINT or SIGTERM the Ray connection this
+    command made (and a local instance it started, with its workers) is shut down,
+    ``interrupted (SIGINT):`` and ``stopped()`` (what was kept, and the command that continues)
+    go to stderr as one line, and the exit code is 130 or 143. Nothing after the interrupt is
+    written."""
+
+    def ray_up() -> bool:
+        ray = sys.modules.get("ray")
+        return ray is not None and ray.is_initialized()
+
+    ours = not ray_up()  # a Ray the caller started (Python, tests) is the caller's to stop
     with stop_on_signals() as stop:
         try:
             return run(main)
@@ -220,9 +227,8 @@ def run_stoppable(main: Callable[[], int], stopped: Callable[[], str]) -> int:
         # ... and collecting closes the generators they held while Ray is still up (a Ray Data
         # iterator reports to Ray as it closes: after the shutdown that is a traceback)
         gc.collect()
-        ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
+        if ours and ray_up():
+            sys.modules["ray"].shutdown()
         print(f"interrupted ({stop.name}): {stopped()}", file=sys.stderr, flush=True)
         return stop.exit_code
 
